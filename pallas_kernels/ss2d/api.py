@@ -1,0 +1,60 @@
+"""`ss2d_core(..., implementation=)`: the SS2D core behind one knob.
+
+`implementation` is either a fused SS2D kernel (a module in `_FUSED` exposing `ss2d_core(...)` and `is_supported()`),
+or the name of a selective-scan implementation ("xla", "associative", "pallas_mosaic_gpu", "pallas_mosaic_tpu"), in
+which case the core is the reference composition (cross-scan, selective scan, cross-merge) with that scan.
+None/"auto" prefers a supported fused kernel for the platform, else the selective scan's own "auto" pick.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import jax
+
+from pallas_kernels.selective_scan import IMPLEMENTATIONS as SCAN_IMPLEMENTATIONS
+from pallas_kernels.selective_scan import resolve_implementation as resolve_scan_implementation
+from pallas_kernels.ss2d.reference import ss2d_core_reference
+
+logger = logging.getLogger("pallas_kernels")
+
+_FUSED: dict[str, str] = {}  # name -> module path; filled as fused kernels land
+AUTO_ORDER = {"gpu": (), "tpu": (), "cpu": ()}
+_announced: set[tuple[str, str]] = set()
+
+
+def implementations() -> tuple[str, ...]:
+    return tuple(_FUSED) + tuple(SCAN_IMPLEMENTATIONS)
+
+
+def resolve_implementation(implementation: str | None = None) -> str:
+    if implementation not in (None, "auto"):
+        if implementation not in implementations():
+            raise ValueError(f"ss2d_core: unknown implementation {implementation!r}; choose one of "
+                             f"{implementations()} or 'auto'")
+        return implementation
+    platform = jax.default_backend()
+    picked = None
+    for name in AUTO_ORDER.get(platform, ()):
+        try:
+            if importlib.import_module(_FUSED[name]).is_supported():
+                picked = name
+                break
+        except ImportError:
+            continue
+    picked = picked or resolve_scan_implementation(None)
+    if (platform, picked) not in _announced:
+        _announced.add((platform, picked))
+        logger.info("ss2d_core: implementation='auto' picked %r on %s", picked, platform)
+    return picked
+
+
+def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *, implementation=None):
+    """Cross-scan + selective scan + cross-merge of x (B, H, W, D); returns y (B, H, W, D) fp32 (see reference.py)."""
+    name = resolve_implementation(implementation)
+    if name in _FUSED:
+        fn = importlib.import_module(_FUSED[name]).ss2d_core
+        return fn(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    return ss2d_core_reference(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
+                               scan_implementation=name)
