@@ -22,9 +22,11 @@ SOFTPLUS_THRESHOLD = 20.0
 def softplus(x: jax.Array) -> jax.Array:
     """Softplus with the CUDA kernel's rule: `x` itself above 20, `log1p(exp(x))` elsewhere.
 
-    The `minimum` keeps the unused branch finite so the gradient is `sigmoid(x)` below the threshold and 1 above.
+    The inner `where` keeps the unused branch finite, so the gradient is `sigmoid(x)` up to and including the threshold
+    and 1 above it (`jnp.minimum` would halve the gradient at x == 20, where it splits ties).
     """
-    return jnp.where(x > SOFTPLUS_THRESHOLD, x, jnp.log1p(jnp.exp(jnp.minimum(x, SOFTPLUS_THRESHOLD))))
+    above = x > SOFTPLUS_THRESHOLD
+    return jnp.where(above, x, jnp.log1p(jnp.exp(jnp.where(above, 0.0, x))))
 
 
 def check_inputs(u, delta, A, B, C, D=None, delta_bias=None) -> tuple[int, int, int, int, int]:
