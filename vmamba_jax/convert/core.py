@@ -71,10 +71,10 @@ def from_torch_array(path: Sequence[str], x: np.ndarray, target_shape: tuple[int
     return x
 
 
-def apply_legacy_renames(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+def apply_legacy_renames(state_dict: Mapping[str, Any], renames=LEGACY_RENAMES) -> dict[str, Any]:
     out = {}
     for k, v in state_dict.items():
-        for pattern, repl in LEGACY_RENAMES:
+        for pattern, repl in renames:
             k = re.sub(pattern, repl, k)
         out[k] = v
     return out
@@ -217,7 +217,13 @@ def load_torch_checkpoint(source, model: nn.Module, *, ema: bool = False, exclud
     Raises:
       CheckpointMismatchError: listing every missing, unexpected and mis-shaped key, with likely causes.
     """
-    state = apply_legacy_renames(read_state_dict(source, ema=ema))
+    # Models with other naming schemes (the timm baselines) set their own `torch_legacy_renames` (e.g. none), and
+    # list the non-parameter buffers they recompute themselves (e.g. Swin's relative_position_index) in
+    # `torch_buffers`: those are dropped, not loaded.
+    state = apply_legacy_renames(read_state_dict(source, ema=ema),
+                                 getattr(model, "torch_legacy_renames", LEGACY_RENAMES))
+    buffers = tuple("." + b for b in getattr(model, "torch_buffers", ()))
+    state = {k: v for k, v in state.items() if not k.endswith(buffers)}
     exclude, ignore_unexpected = tuple(exclude), tuple(ignore_unexpected)
     target = flatten_dict(abstract_params(model))
     by_key = {torch_key(p): p for p in target}
