@@ -1,0 +1,147 @@
+"""GPU correctness tests of the selective-scan kernels against the `lax.scan` reference (run on a GPU, output committed).
+
+Mosaic GPU has no CPU interpreter, so CI cannot run `pallas_mosaic_gpu`; this script is its test. Every case draws
+fresh random inputs and compares the forward and `jax.grad` wrt every input (u, delta, A, B, C, D, delta_bias) with
+the reference, at VMamba's stage lengths L = 3136, 784, 196, 49 and an odd L, d_state N = 1 and 16, bf16 and fp32.
+Tolerances are the CPU test's (tests/test_selective_scan_kernels.py): max abs error over max |reference|
+below 1e-5 (fp32 forward), 1e-4 (fp32 grads), 1e-2 (bf16).
+
+    python benchmarks/gpu_kernel_tests.py --out benchmarks/results/gpu_kernel_tests_h100.json
+
+Writes a JSON list of records (impl, case, max relative error per output, pass) and prints a table; exits non-zero
+if any case fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pallas_kernels.selective_scan import api  # noqa: E402
+from pallas_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
+
+ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+TOL = {"fp32": (1e-5, 1e-4), "bf16": (1e-2, 1e-2)}
+DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+def make_inputs(seed, batch, groups, per_group, d_state, length, dtype):
+    """Random op inputs in the official shapes; delta spans the softplus knee and a few values pass 20."""
+    ks = jax.random.split(jax.random.PRNGKey(seed), 7)
+    ch = groups * per_group
+    u = jax.random.normal(ks[0], (batch, ch, length)).astype(dtype)
+    delta = (jax.random.normal(ks[1], (batch, ch, length)) - 1.0).astype(dtype)
+    delta = delta.at[:, :2, ::7].set(21.0)
+    A = -jnp.exp(0.5 * jax.random.normal(ks[2], (ch, d_state)))
+    B = jax.random.normal(ks[3], (batch, groups, d_state, length)).astype(dtype)
+    C = jax.random.normal(ks[4], (batch, groups, d_state, length)).astype(dtype)
+    D = jax.random.normal(ks[5], (ch,))
+    bias = 0.5 * jax.random.normal(ks[6], (ch,))
+    return u, delta, A, B, C, D, bias
+
+
+def rel_err(x, ref):
+    x, ref = np.asarray(x, np.float32), np.asarray(ref, np.float32)
+    if not np.all(np.isfinite(x)):
+        return float("inf")
+    return float(np.abs(x - ref).max() / max(np.abs(ref).max(), 1e-6))
+
+
+def check_case(impl, batch, groups, per_group, d_state, length, dtype_name, seed):
+    args = make_inputs(seed, batch, groups, per_group, d_state, length, DTYPES[dtype_name])
+    fn = lambda *a: api.selective_scan(*a, implementation=impl)  # noqa: E731
+    ref_fwd = jax.jit(selective_scan_reference)
+    w = jax.random.normal(jax.random.PRNGKey(seed + 1), (batch, groups * per_group, length))
+    argnums = tuple(range(7))
+    ref_grad = jax.jit(jax.grad(lambda *a: jnp.sum(selective_scan_reference(*a) * w), argnums))
+    grad = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) * w), argnums))
+    errs = {"y": rel_err(jax.jit(fn)(*args), ref_fwd(*args))}
+    for name, gi, gr in zip(ARG_NAMES, grad(*args), ref_grad(*args)):
+        errs["d" + name] = rel_err(gi, gr)
+    fwd_tol, grad_tol = TOL[dtype_name]
+    ok = errs["y"] < fwd_tol and all(v < grad_tol for k, v in errs.items() if k != "y")
+    return errs, ok
+
+
+def run_case(impl, b, k, d, n, length, dtype_name, seed):
+    try:
+        errs, ok = check_case(impl, b, k, d, n, length, dtype_name, seed)
+        return dict(errors=errs, passed=ok)
+    except Exception as e:  # noqa: BLE001 - record and continue: one broken case must not hide the others
+        return dict(errors=None, passed=False, exception=f"{type(e).__name__}: {str(e)[:2000]}",
+                    traceback=traceback.format_exc()[-3000:])
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--impls", default="pallas_mosaic_gpu")
+    p.add_argument("--out", default=None)
+    p.add_argument("--quick", action="store_true", help="one case per (N, dtype)")
+    p.add_argument("--case", type=int, default=None, help="run only this case index (used by --isolate)")
+    p.add_argument("--isolate", action="store_true",
+                   help="run every case in its own process, so a crashed kernel cannot poison the CUDA context of "
+                        "the cases after it")
+    args = p.parse_args()
+
+    dev = jax.devices()[0]
+    env = dict(device=dev.device_kind, platform=dev.platform, jax_version=jax.__version__,
+               date=datetime.date.today().isoformat())
+    print(json.dumps(env))
+    lengths = [3136, 784, 196, 49, 37]
+    cases = []
+    for impl in args.impls.split(","):
+        for n in (1, 16):
+            for dtype_name in ("fp32", "bf16"):
+                for length in lengths[:1] if args.quick else lengths:
+                    # per_group 96 (VMamba-T stage 1: padded to one 128-lane tile) and 192 (two tiles).
+                    per_group = 96 if length in (3136, 49) else 192
+                    cases.append((impl, 2, 4, per_group, n, length, dtype_name))
+    records, failed = [], 0
+    for i, (impl, b, k, d, n, length, dtype_name) in enumerate(cases):
+        if args.case is not None and i != args.case:
+            continue
+        rec = dict(impl=impl, B=b, K=k, C=d, N=n, L=length, dtype=dtype_name, **env)
+        t0 = time.time()
+        if args.isolate:
+            cmd = [sys.executable, __file__, "--impls", impl, "--case", str(i)] + (["--quick"] if args.quick else [])
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RECORD ")]
+            if lines:
+                rec = json.loads(lines[-1][len("RECORD "):])
+            else:
+                rec.update(errors=None, passed=False, exception=f"process exited {proc.returncode}",
+                           traceback=(proc.stdout[-1500:] + "\n" + proc.stderr[-3000:]))
+        else:
+            rec.update(run_case(impl, b, k, d, n, length, dtype_name, seed=i))
+            if args.case is not None:
+                print("RECORD " + json.dumps(rec), flush=True)
+        rec["seconds"] = round(time.time() - t0, 1)
+        failed += not rec["passed"]
+        records.append(rec)
+        worst = max(rec["errors"].values()) if rec["errors"] else float("nan")
+        print(f"{impl:18s} B={b} K={k} C={d:3d} N={n:2d} L={length:4d} {dtype_name}  "
+              f"{'PASS' if rec['passed'] else 'FAIL'}  worst rel err {worst:.2e}  ({rec['seconds']} s)"
+              + (f"  {rec.get('exception', '')[:300]}" if not rec["passed"] else ""), flush=True)
+        if "traceback" in rec and failed <= 2:
+            print(rec["traceback"], flush=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(records, indent=1))
+    print(f"{len(records) - failed}/{len(records)} cases passed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

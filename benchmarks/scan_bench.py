@@ -1,0 +1,158 @@
+"""Selective-scan / SS2D-core / VMamba-T timings at the shapes of ../shared/spec/targets.md (run on a GPU).
+
+For every implementation that runs on the device: forward and forward+backward (grad wrt every input) of the
+selective scan at the four VMamba-T stages (batch 128, N = 1) and the N = 16 case, the SS2D core at stage 1, and
+VMamba-T whole-model inference throughput (224 px, batch 128, bf16). Medians of synchronised repeats after warm-up
+(wall clock around `block_until_ready`). GB/s counts the forward's minimal traffic (read u and delta, B and C, write
+y in fp32).
+
+    python benchmarks/scan_bench.py --out benchmarks/results/scan_h100.json
+
+Writes a JSON list of records with keys impl, B, K, C, N, L, dtype, fwd_ms, fwd_bwd_ms, fwd_GBps, device,
+jax_version, date (SS2D-core records have impl "ss2d_core/<name>"; the model record has img_per_s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_kernel_tests import DTYPES, make_inputs  # noqa: E402
+from pallas_kernels.selective_scan import api  # noqa: E402
+
+# (B, K, C, N, L, dtype): targets.md, "The selective scan alone".
+SHAPES = [
+    (128, 4, 96, 1, 3136, "bf16"),
+    (128, 4, 96, 1, 3136, "fp32"),
+    (128, 4, 192, 1, 784, "bf16"),
+    (128, 4, 384, 1, 196, "bf16"),
+    (128, 4, 768, 1, 49, "bf16"),
+    (32, 4, 192, 16, 3136, "bf16"),
+]
+OFFICIAL = {  # targets.md: official oflex CUDA kernel on an H100, (fwd_ms, fwd_bwd_ms)
+    (128, 4, 96, 1, 3136, "bf16"): (1.139, 4.439),
+    (128, 4, 96, 1, 3136, "fp32"): (1.172, 5.151),
+    (128, 4, 192, 1, 784, "bf16"): (0.592, 2.309),
+    (128, 4, 384, 1, 196, "bf16"): (0.326, 1.393),
+    (128, 4, 768, 1, 49, "bf16"): (0.307, 1.186),
+    (32, 4, 192, 16, 3136, "bf16"): (2.696, 11.286),
+}
+
+
+def timeit(fn, *args, warmup=3, reps=20):
+    out = fn(*args)
+    jax.block_until_ready(out)
+    for _ in range(warmup - 1):
+        jax.block_until_ready(fn(*args))
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)) * 1e3
+
+
+def bench_scan(impl, b, k, c, n, length, dtype_name):
+    args = make_inputs(0, b, k, c, n, length, DTYPES[dtype_name])
+    fwd = jax.jit(lambda *a: api.selective_scan(*a, implementation=impl))
+    w = jnp.ones((b, k * c, length), jnp.float32)
+    grad = jax.jit(jax.grad(lambda *a: jnp.sum(api.selective_scan(*a, implementation=impl) * w), tuple(range(7))))
+    fwd_ms = timeit(fwd, *args)
+    fwd_bwd_ms = timeit(grad, *args)
+    isz = jnp.dtype(DTYPES[dtype_name]).itemsize
+    nbytes = 2 * b * k * c * length * isz + 2 * b * k * n * length * isz + 4 * b * k * c * length
+    return dict(fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fwd_bwd_ms, 4), fwd_GBps=round(nbytes / fwd_ms / 1e6, 1))
+
+
+def bench_ss2d(impl, b, hw, d, n, dtype_name):
+    from pallas_kernels.ss2d import ss2d_core
+    dtype = DTYPES[dtype_name]
+    k, r = 4, -(-d // 16)
+    ks = jax.random.split(jax.random.PRNGKey(0), 6)
+    x = jax.random.normal(ks[0], (b, hw, hw, d)).astype(dtype)
+    xw = 0.1 * jax.random.normal(ks[1], (k, r + 2 * n, d))
+    dw = 0.5 * jax.random.normal(ks[2], (k, d, r))
+    db = 0.5 * jax.random.normal(ks[3], (k, d))
+    al = jnp.log(jnp.tile(jnp.arange(1, n + 1, dtype=jnp.float32), (k * d, 1)))
+    ds = jnp.ones((k * d,))
+    params = (xw, dw, db, al, ds)
+    fwd = jax.jit(lambda x, *p: ss2d_core(x, *p, implementation=impl))
+    grad = jax.jit(jax.grad(lambda x, *p: jnp.sum(ss2d_core(x, *p, implementation=impl)), tuple(range(6))))
+    return dict(fwd_ms=round(timeit(fwd, x, *params), 4), fwd_bwd_ms=round(timeit(grad, x, *params), 4))
+
+
+def bench_model(impl, batch=128, res=224):
+    import vmamba_jax
+    model = vmamba_jax.create_model("vmamba_tiny_s1l8", dtype=jnp.bfloat16, scan_implementation=impl)
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, res, res, 3))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(1), x[:1])
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    ms = timeit(fwd, variables, x, warmup=2, reps=10)
+    return dict(fwd_ms=round(ms, 3), img_per_s=round(batch / ms * 1e3, 1))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--impls", default=None, help="comma list; default: every supported implementation but 'xla'")
+    p.add_argument("--out", default=None)
+    p.add_argument("--skip-model", action="store_true")
+    args = p.parse_args()
+    impls = args.impls.split(",") if args.impls else [i for i in api.available_implementations() if i != "xla"]
+    dev = jax.devices()[0]
+    env = dict(device=dev.device_kind, jax_version=jax.__version__, date=datetime.date.today().isoformat())
+    print(json.dumps(env), "impls:", impls, flush=True)
+    records = []
+
+    def run(kind, impl, shape, fn):
+        rec = dict(impl=impl, **shape, **env)
+        try:
+            rec.update(fn())
+        except Exception as e:  # noqa: BLE001 - keep the other measurements
+            rec["error"] = f"{type(e).__name__}: {str(e)[:500]}"
+            print(traceback.format_exc()[-1500:], flush=True)
+        records.append(rec)
+        print(kind, json.dumps(rec), flush=True)
+
+    for impl in impls:
+        for (b, k, c, n, length, dt) in SHAPES:
+            shape = dict(B=b, K=k, C=c, N=n, L=length, dtype=dt)
+            run("scan", impl, shape, lambda: bench_scan(impl, b, k, c, n, length, dt))
+    for impl in impls:
+        run("ss2d", "ss2d_core/" + impl, dict(B=128, K=4, C=96, N=1, L=3136, dtype="bf16"),
+            lambda: bench_ss2d(impl, 128, 56, 96, 1, "bf16"))
+    if not args.skip_model:
+        for impl in impls:
+            run("model", "vmamba_tiny_s1l8/" + impl, dict(B=128, resolution=224, dtype="bf16"),
+                lambda: bench_model(impl))
+
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(records, indent=1))
+    print("\n| impl | B | K | C | N | L | dtype | fwd ms | fwd+bwd ms | official fwd / fwd+bwd ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in records:
+        if "L" not in r:
+            continue
+        off = OFFICIAL.get((r["B"], r["K"], r["C"], r["N"], r["L"], r["dtype"]), ("", ""))
+        print(f"| {r['impl']} | {r['B']} | {r['K']} | {r['C']} | {r['N']} | {r['L']} | {r['dtype']} | "
+              f"{r.get('fwd_ms', r.get('error', '')[:40])} | {r.get('fwd_bwd_ms', '')} | {off[0]} / {off[1]} |")
+    for r in records:
+        if "img_per_s" in r or ("resolution" in r):
+            print(f"| {r['impl']} | 224px b128 bf16 inference | {r.get('img_per_s', r.get('error', '')[:60])} img/s"
+                  " (official 2846) |")
+
+
+if __name__ == "__main__":
+    main()
