@@ -31,7 +31,9 @@ _MODULES = {
 }
 
 AUTO_ORDER = {
-    "gpu": ("pallas_mosaic_gpu", "associative"),
+    # pallas_mosaic_gpu stays opt-in (implementation="pallas_mosaic_gpu") until benchmarks/gpu_kernel_tests.py passes
+    # in full on a GPU: so far only fp32 with d_state 1 at the VMamba lengths is verified (results/gpu_kernel_tests_h100.md).
+    "gpu": ("associative",),
     "tpu": ("pallas_mosaic_tpu", "associative"),
     "cpu": ("associative",),
 }
