@@ -21,6 +21,7 @@ def get_config():
     c.data.image_size = 32
     c.data.mean = (0.5, 0.5, 0.5)
     c.data.std = (0.5, 0.5, 0.5)
+    c.data.eval_workers = 0
     c.data.workers = 0                # in-memory data: worker processes would only add start-up time
     c.aug.rrc_scale = None            # digits are centred and not mirror-symmetric: small shifts only
     c.aug.crop_padding = 2

@@ -11,8 +11,8 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config", os.path.join(ROOT, "configs", "digits.py"), "--config.model.kwargs.dims=(8,16)",
-        "--config.model.kwargs.depths=(1,1)", "--config.data.image_size=16", "--config.global_batch=32",
+TINY = ["--config", os.path.join(ROOT, "configs", "digits.py"), "--config.model.kwargs.dims=(8,)",
+        "--config.model.kwargs.depths=(1,)", "--config.data.image_size=16", "--config.global_batch=32",
         "--config.eval_batch=120", "--config.log_every_steps=1", "--config.progress_bar=False",
         "--config.ema_decay=0.9"]
 
@@ -82,7 +82,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     evals = lambda d: [(r["step"], r["eval/top1"], r["eval/ema_top1"]) for r in _rows(d) if "eval/top1" in r]
     assert evals(run_dir)[-1] == evals(ref_dir)[-1]
     with open(os.path.join(run_dir, "config.json")) as f:
-        assert json.load(f)["model"]["kwargs"]["dims"] == [8, 16]
+        assert json.load(f)["model"]["kwargs"]["dims"] == [8]
 
 
 @pytest.mark.slow

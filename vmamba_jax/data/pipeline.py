@@ -28,6 +28,10 @@ def check_classes(train_source, eval_source) -> None:
 def _iter(ds: grain.MapDataset, worker_count: int, prefetch: int, threads: int) -> grain.IterDataset:
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
     if worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # Grain workers read absl flags; outside an absl app they were never parsed
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2))
     return it
 

@@ -38,6 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.mean = (0.485, 0.456, 0.406)
     c.data.std = (0.229, 0.224, 0.225)
     c.data.workers = 8                 # Grain worker processes per host (0: in-process threads only)
+    c.data.eval_workers = 8            # eval runs every epoch: 0 (threads) avoids restarting workers on small sets
 
     c.aug = ml_collections.ConfigDict()
     c.aug.rrc_scale = (0.08, 1.0)      # RandomResizedCrop scale; None: resize + padded random crop

@@ -113,7 +113,7 @@ class _Run:
         """top1/top5/loss of raw and (if any) EMA params over the whole eval set."""
         ds, steps = eval_dataset(self.eval_src, self.eval_tf, global_batch=self.cfg.eval_batch,
                                  process_index=jax.process_index(), process_count=jax.process_count(),
-                                 worker_count=self.cfg.data.workers)
+                                 worker_count=self.cfg.data.eval_workers, threads=16, prefetch=16)
         variants = {"": state.params}
         if state.ema_params is not None:
             variants["ema_"] = state.ema_params

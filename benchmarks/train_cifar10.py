@@ -1,0 +1,178 @@
+"""The timed CIFAR-10 run: configs/cifar10.py from scratch within a wall-clock budget, results to
+benchmarks/results/cifar10_<device>.{json,md}.
+
+    python benchmarks/train_cifar10.py --data_dir ../shared/data/cifar10 --budget_minutes 9.5
+
+--data_dir holds either train/ and test/ ImageFolders or the two tars train.tar.gz / test.tar.gz (extracted to
+--extract_dir first; the extraction is not timed). The clock starts before anything is built. A short probe times the
+train step on synthetic batches and the Grain pipeline, and the number of epochs is the largest that fits the budget
+(the cosine schedule needs the step count up front); then `train_and_evaluate` runs. The JAX persistent compilation
+cache lets the real run reuse the probe's compiled step. `minutes` in the results is the whole wall time from the
+clock start: probe, compilation, training, every per-epoch evaluation (raw and EMA) and the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import tarfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def prepare_data(data_dir: str, extract_dir: str) -> str:
+    if os.path.isdir(os.path.join(data_dir, "train")):
+        return data_dir
+    for split in ("train", "test"):
+        if not os.path.isdir(os.path.join(extract_dir, split)):
+            with tarfile.open(os.path.join(data_dir, f"{split}.tar.gz")) as t:
+                t.extractall(extract_dir, filter="data")
+    return extract_dir
+
+
+def load_config(overrides: list[str]):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cifar10_config", os.path.join(ROOT, "configs", "cifar10.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config()
+    for o in overrides:  # key=value with Python literals, e.g. optim.base_lr=3e-3
+        import ast
+
+        key, value = o.split("=", 1)
+        node = cfg
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node[k]
+        try:
+            node[leaf] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            node[leaf] = value
+    return cfg
+
+
+def probe(cfg, steps: int = 20) -> dict:
+    """Seconds per train step (synthetic on-device batch) and per batch from the Grain pipeline."""
+    import jax
+    import jax.numpy as jnp
+
+    from vmamba_jax.train.loop import _Run
+    from vmamba_jax.data import train_dataset
+    from vmamba_jax.train.mesh import global_batch
+    from vmamba_jax.train.steps import make_train_step
+
+    run = _Run(cfg, "/tmp/cifar_probe_workdir")
+    state = jax.jit(run.init_fn, out_shardings=run.state_sharding)(jax.random.PRNGKey(cfg.seed))
+    step = make_train_step(run.model, run.tx, run.schedule, cfg, num_classes=run.num_classes,
+                           state_sharding=run.state_sharding, batch_sharding=run.batch_sharding, mesh=run.mesh)
+    it = iter(train_dataset(run.train_src, run.train_tf, global_batch=run.global_batch, seed=123,
+                            worker_count=cfg.data.workers))
+    t0 = time.perf_counter()
+    batch = global_batch(next(it), run.batch_sharding)
+    first_batch_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    state, m = step(state, batch)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = step(state, batch)
+    jax.block_until_ready(m)
+    step_s = (time.perf_counter() - t0) / steps
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        next(it)
+    data_s = (time.perf_counter() - t0) / steps
+    run.checkpointer.close()
+    if hasattr(it, "close"):
+        it.close()  # stop the probe's Grain workers before the real run starts its own
+    del it
+    return {"step_s": step_s, "data_s": data_s, "compile_s": compile_s, "first_batch_s": first_batch_s,
+            "steps_per_epoch": run.steps_per_epoch, "eval_images": len(run.eval_src)}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data_dir", default=os.path.join(ROOT, "..", "shared", "data", "cifar10"))
+    p.add_argument("--extract_dir", default="/tmp/cifar10")
+    p.add_argument("--budget_minutes", type=float, default=9.5)
+    p.add_argument("--epochs", type=float, default=None, help="skip the probe and train this many epochs")
+    p.add_argument("--max_epochs", type=float, default=200)
+    p.add_argument("--workdir", default="/tmp/cifar10_run")
+    p.add_argument("--out_dir", default=os.path.join(ROOT, "benchmarks", "results"))
+    p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+    a = p.parse_args()
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/jax_cache_cifar10")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    root = prepare_data(a.data_dir, a.extract_dir)
+
+    t_start = time.time()
+    import jax
+
+    from vmamba_jax.train import train_and_evaluate
+
+    cfg = load_config([f"data.root={root}", *a.set])
+    info = {}
+    if a.epochs is None:
+        info = probe(cfg)
+        epoch_s = info["steps_per_epoch"] * max(info["step_s"], info["data_s"]) * 1.08 + 1.5  # + eval, logging
+        left = a.budget_minutes * 60 - (time.time() - t_start) - info["compile_s"] - 25  # eval compile, final save
+        epochs = float(max(1, min(a.max_epochs, math.floor(left / epoch_s))))
+        print(f"probe: {json.dumps(info)} -> {epochs:.0f} epochs ({epoch_s:.1f} s/epoch)", flush=True)
+    else:
+        epochs = a.epochs
+    cfg.epochs = epochs
+    import shutil
+
+    shutil.rmtree(a.workdir, ignore_errors=True)
+    summary = train_and_evaluate(cfg, a.workdir)
+    minutes = (time.time() - t_start) / 60
+
+    rows = [json.loads(line) for line in open(os.path.join(a.workdir, "metrics.jsonl"))]
+    evals = [r for r in rows if "eval/top1" in r]
+    train_rows = [r for r in rows if "train/img_per_s" in r]
+    kind = jax.devices()[0].device_kind
+    tag = "cpu" if jax.devices()[0].platform == "cpu" else kind.lower().replace("nvidia", "").strip().split()[0]
+    from pallas_kernels.ss2d import resolve_implementation
+
+    result = {
+        "model": f"{cfg.model.name} dims={list(cfg.model.kwargs.dims)} depths={list(cfg.model.kwargs.depths)} "
+                 f"patch_size={cfg.model.kwargs.patch_size} ({summary['params']:,} params)",
+        "epochs": summary["epochs"], "top1": [r["eval/top1"] for r in evals],
+        "top1_ema": [r.get("eval/ema_top1") for r in evals], "final_top1": summary["final_top1"],
+        "final_top1_ema": summary["final_top1_ema"], "best_top1": summary["best_top1"],
+        "best_top1_ema": summary["best_top1_ema"], "minutes": minutes,
+        "img_per_s": sum(r["train/img_per_s"] for r in train_rows[1:]) / max(1, len(train_rows) - 1),
+        "device": kind, "jax_version": jax.__version__, "date": datetime.date.today().isoformat(),
+        "global_batch": cfg.global_batch, "dtype": cfg.dtype, "scan_impl": resolve_implementation(
+            cfg.scan_implementation), "probe": info, "goal_top1": 90.0, "goal_minutes": 10.0,
+        "command": "python benchmarks/train_cifar10.py " + " ".join(sys.argv[1:]),
+    }
+    os.makedirs(a.out_dir, exist_ok=True)
+    base = os.path.join(a.out_dir, f"cifar10_{tag}")
+    with open(base + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+    met = result["final_top1"] >= 90 and minutes <= 10
+    md = [f"# CIFAR-10 from scratch, {kind}, jax {jax.__version__}, {result['date']}", "",
+          f"Command: `{result['command']}` (configs/cifar10.py). Model: {result['model']}, {cfg.dtype}, "
+          f"global batch {cfg.global_batch}, scan impl {result['scan_impl']}.", "",
+          f"Result: final test top-1 **{result['final_top1']:.2f}%** (EMA {result['final_top1_ema']:.2f}%), best "
+          f"{result['best_top1']:.2f}% after {result['epochs']:.0f} epochs in **{minutes:.2f} min** wall "
+          f"(probe + compile + train + evals), {result['img_per_s']:,.0f} train img/s. Goal >= 90% in <= 10 min: "
+          f"{'met' if met else 'missed'}.", "", "| epoch | top-1 | top-1 EMA |", "|---|---|---|"]
+    md += [f"| {r['eval/epoch']:.0f} | {r['eval/top1']:.2f} | {r.get('eval/ema_top1', float('nan')):.2f} |"
+           for r in evals]
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md[:5]))
+
+
+if __name__ == "__main__":
+    main()

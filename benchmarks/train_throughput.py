@@ -1,0 +1,154 @@
+"""Training throughput of VMamba-T/S/B at 224, batch 128, bf16 compute, full train step (mixup/cutmix on device,
+forward with drop path, label-smoothed soft-target CE, backward, clip, AdamW, EMA), synthetic on-device batches.
+
+    python benchmarks/train_throughput.py                       # T, S, B; writes benchmarks/results/train_throughput_<device>.{json,md}
+    python benchmarks/train_throughput.py --models T --steps 5  # quick
+
+Each model runs in its own subprocess so that the peak memory (`memory_stats()["peak_bytes_in_use"]`) is its own.
+The scan implementation is the best available (`scan_implementation=None` -> auto); if that fails to compile or run,
+the row is retried with "associative" and the error is recorded. Targets: the official PyTorch training step on an
+H100 (spec/targets.md): T 1050, S 680, B 542 img/s; the goal is 1.3x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+MODELS = {"T": ("vmamba_tiny_s1l8", 1050), "S": ("vmamba_small_s1l20", 680), "B": ("vmamba_base_s1l20", 542),
+          "S_s2l15": ("vmamba_small_s2l15", 525), "B_s2l15": ("vmamba_base_s2l15", 413)}
+
+
+def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, resolution: int, dtype: str) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from pallas_kernels.ss2d import resolve_implementation
+    from vmamba_jax.train.config import default_config
+    from vmamba_jax.train.loop import build_model
+    from vmamba_jax.train.mesh import batch_sharding, make_mesh, state_shardings
+    from vmamba_jax.train.optimizer import make_optimizer
+    from vmamba_jax.train.state import create_train_state
+    from vmamba_jax.train.steps import make_train_step
+
+    cfg = default_config()  # the official recipe: mixup/cutmix, smoothing, clip 5, AdamW, EMA 0.9999
+    cfg.model.name, cfg.dtype, cfg.scan_implementation = name, dtype, impl
+    model = build_model(cfg, 1000)
+    sample = jnp.zeros((1, resolution, resolution, 3))
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sample)["params"])
+    tx, sched = make_optimizer(cfg.optim, params, global_batch=batch, steps_per_epoch=1000, total_steps=300_000)
+    mesh = make_mesh(1)
+    init = lambda rng: create_train_state(model, tx, rng, sample)
+    sh = state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
+    state = jax.jit(init, out_shardings=sh)(jax.random.PRNGKey(0))
+    bsh = batch_sharding(mesh)
+    step = make_train_step(model, tx, sched, cfg, num_classes=1000, state_sharding=sh, batch_sharding=bsh, mesh=mesh)
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    make = jax.jit(lambda k1, k2: {"image": jax.random.normal(k1, (batch, resolution, resolution, 3)),
+                                   "label": jax.random.randint(k2, (batch,), 0, 1000),
+                                   "corrupt": jnp.zeros((batch,), jnp.int32)}, out_shardings=bsh)
+    data = make(k1, k2)
+    t0 = time.perf_counter()
+    state, m = step(state, data)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        state, m = step(state, data)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = step(state, data)
+    jax.block_until_ready((state.params, m))
+    dt = time.perf_counter() - t0
+    stats = jax.devices()[0].memory_stats() or {}
+    return {"img_per_s": steps * batch / dt, "step_ms": 1000 * dt / steps, "compile_s": compile_s,
+            "peak_gib": stats.get("peak_bytes_in_use", float("nan")) / 2 ** 30, "loss": float(m["loss"]),
+            "impl": resolve_implementation(impl), "params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
+
+
+def device_tag() -> tuple[str, str]:
+    import jax
+
+    kind = jax.devices()[0].device_kind
+    tag = "cpu" if jax.devices()[0].platform == "cpu" else kind.lower().replace("nvidia", "").strip().split()[0]
+    return kind, tag
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", default="T,S,B")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--timeout_s", type=float, default=300, help="per model and implementation")
+    p.add_argument("--out_dir", default=os.path.join(ROOT, "benchmarks", "results"))
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one model, print JSON
+    p.add_argument("--impl", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        print("RESULT " + json.dumps(measure(a.one, a.batch, a.steps, a.warmup, a.impl, a.resolution, a.dtype)))
+        return
+
+    import jax
+
+    kind, tag = device_tag()
+    rows = []
+    for key in a.models.split(","):
+        name, target = MODELS[key]
+        row = {"model": name, "batch": a.batch, "resolution": a.resolution, "dtype": a.dtype}
+        for impl in (None, "associative"):
+            cmd = [sys.executable, __file__, "--one", name, "--batch", str(a.batch), "--steps", str(a.steps),
+                   "--warmup", str(a.warmup), "--dtype", a.dtype, "--resolution", str(a.resolution)]
+            if impl:
+                cmd += ["--impl", impl]
+            try:
+                res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout_s)
+            except subprocess.TimeoutExpired:
+                row["error_" + (impl or "auto")] = f"timed out after {a.timeout_s:.0f} s"
+                print(f"{name} impl={impl or 'auto'}: timed out", flush=True)
+                break
+            lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
+            if res.returncode == 0 and lines:
+                row.update(json.loads(lines[-1][7:]))
+                break
+            err_key = "error_" + (impl or "auto")
+            row[err_key] = (res.stderr or res.stdout)[-1500:]
+            print(f"{name} impl={impl or 'auto'} failed:\n{row[err_key]}", flush=True)
+        row.update(official_img_per_s=target, speedup_vs_official=row.get("img_per_s", 0) / target, device=kind,
+                   jax_version=jax.__version__, date=datetime.date.today().isoformat())
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if not k.startswith("error")}), flush=True)
+
+    os.makedirs(a.out_dir, exist_ok=True)
+    base = os.path.join(a.out_dir, f"train_throughput_{tag}")
+    with open(base + ".json", "w") as f:
+        json.dump(rows, f, indent=2)
+    cmd = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])
+    md = [f"# Training throughput, {kind}, jax {jax.__version__}, {datetime.date.today().isoformat()}", "",
+          f"Command: `{cmd.strip()}`. Batch {a.batch} at {a.resolution}x{a.resolution}, {a.dtype} compute, fp32 params;"
+          " full train step (mixup/cutmix, drop path, soft-target CE, backward, clip 5, AdamW, EMA); synthetic "
+          f"on-device batches; {a.warmup} warm-up then {a.steps} timed steps.", "",
+          "| model | img/s | official (PyTorch, H100) | speedup | goal 1.3x | peak GiB | scan impl | compile s |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ok = "met" if r.get("speedup_vs_official", 0) >= 1.3 else "missed"
+        md.append(f"| {r['model']} | {r.get('img_per_s', float('nan')):.0f} | {r['official_img_per_s']} | "
+                  f"{r.get('speedup_vs_official', 0):.2f}x | {ok} | {r.get('peak_gib', float('nan')):.1f} | "
+                  f"{r.get('impl', 'failed')} | {r.get('compile_s', float('nan')):.0f} |")
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
