@@ -44,6 +44,7 @@ def test_param_counts_match_timm(name):
     assert n == get_entry(name).params
 
 
+@pytest.mark.slow  # the mismatch error path tries every registered model to suggest the right one (~1 min on CI)
 def test_converter_drops_swin_buffers_and_stays_strict(artifact):
     c = artifact["swin_mini_64"]
     model = create_model(c["model"], **c["overrides"])
