@@ -33,7 +33,7 @@ BATCH = {224: 64, 384: 64, 512: 32, 640: 16, 768: 16, 1024: 8}
 
 
 def run(out: str, models, resolutions, dtype, scan_implementation, budget_s: float, tiny: bool,
-        iters: int, repeats: int, with_flops: bool = True) -> dict:
+        iters: int, repeats: int, with_flops: bool = True, flops_only: bool = False) -> dict:
     t_start = time.time()
     rows = []
     impl_used = {}
@@ -51,8 +51,11 @@ def run(out: str, models, resolutions, dtype, scan_implementation, budget_s: flo
             impl = impl_used.get(name, scan_implementation)
             try:
                 model = scaled_model(name, res, getattr(jnp, dtype), scan_implementation=impl, **kw)
-                if with_flops:
+                if with_flops or flops_only:
                     row["gflops"] = gflops(model, res)
+                if flops_only:
+                    rows.append(row)
+                    continue
                 try:
                     row.update(measure(model, res, row["batch"], iters=iters, repeats=repeats))
                 except Exception:
@@ -97,7 +100,9 @@ def write_outputs(out: str, rows: list[dict], env: dict, dtype: str, models: lis
                            None if r.get("peak_memory_bytes") is None else r["peak_memory_bytes"] / 2 ** 30,
                            r.get("gflops"), lin[m]["flops_per_pixel_rel"].get(r["resolution"]),
                            lin[m]["time_per_pixel_rel"].get(r["resolution"]),
-                           r.get("error", r.get("skipped", ""))[:60]])
+                           (r.get("error") or r.get("skipped") or
+                            (f"scan: {r['scan_implementation']}" if r.get("scan_implementation") else "")
+                            + (f"window {r['window_size']}" if r.get("window_size") else ""))[:60]])
     body = markdown_table(["model", "res", "batch", "img/s", "peak mem (GiB)", "GFLOPs", "FLOPs/px vs first",
                            "time/px vs first", "note"], table_rows)
     body += ("\nFLOPs/px and time/px are per-pixel costs relative to the smallest resolution: 1.00 = linear in "
@@ -123,13 +128,18 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tiny", action="store_true", help="tiny models, batch 1 (CPU smoke test)")
+    p.add_argument("--flops-only", action="store_true", help="count FLOPs only (no timing; any machine)")
     p.add_argument("--no-flops", action="store_true",
                    help="skip FLOP counting (device-independent: --merge fills it in on any machine)")
     p.add_argument("--merge", nargs="+", help="join the rows of these resolution_scaling.json files (no measuring)")
     a = p.parse_args(argv)
     if a.merge:
         results = [json.load(open(f)) for f in a.merge]
-        rows = {(r["model"], r["resolution"]): r for res in results for r in res["rows"] if "skipped" not in r}
+        rows = {}
+        for res in results:  # later files add to / override the fields of earlier ones
+            for r in res["rows"]:
+                if "skipped" not in r:
+                    rows.setdefault((r["model"], r["resolution"]), {}).update(r)
         rows = sorted(rows.values(), key=lambda r: (r["resolution"], a.models.split(",").index(r["model"])))
         for r in rows:  # FLOPs are device-independent: count any that a --no-flops run left out
             if r.get("gflops") is None and "error" not in r:
@@ -140,7 +150,7 @@ def main(argv=None):
         write_outputs(a.out, rows, env, results[0]["dtype"], a.models.split(","))
         return
     run(a.out, a.models.split(","), [int(r) for r in a.resolutions.split(",")], a.dtype, a.scan_implementation,
-        a.budget_s, a.tiny, a.iters, a.repeats, with_flops=not a.no_flops)
+        a.budget_s, a.tiny, a.iters, a.repeats, with_flops=not a.no_flops, flops_only=a.flops_only)
 
 
 if __name__ == "__main__":
