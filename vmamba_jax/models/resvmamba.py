@@ -54,13 +54,8 @@ class ResVSSM(VSSM):
         c_in = x.shape[-1]
         if not self.faithful:
             return Conv(c_out, 1, in_features=c_in, dtype=self.dtype, name=f"shortcut_{i}")(x)
-        if self.has_rng(SHORTCUT_RNG):
-            key = self.make_rng(SHORTCUT_RNG)
-        elif self.is_initializing():
-            key = self.make_rng("params")  # init draws a projection too (only shapes matter there)
-        else:
-            raise ValueError("ResVSSM(faithful=True) draws a fresh random shortcut projection on every call, like the "
-                             "official code: pass rngs={'shortcut': key} to apply (in eval too).")
+        # init draws a projection too (only shapes matter there); `stages` checked that apply got the stream.
+        key = self.make_rng(SHORTCUT_RNG if self.has_rng(SHORTCUT_RNG) else "params")
         # PyTorch's default Conv2d init, weight and bias U(+-1/sqrt(fan_in)), fan_in = C_in for a 1x1 conv.
         bound = 1.0 / math.sqrt(c_in)
         kw, kb = jax.random.split(key)
@@ -72,6 +67,9 @@ class ResVSSM(VSSM):
     def stages(self, x: jax.Array, train: bool) -> list[tuple[int, jax.Array, jax.Array]]:
         """patch_embed and the stages: [(i, pre-downsample features, stage output incl. the shortcut)]."""
         self.check_input(x)
+        if self.faithful and not self.has_rng(SHORTCUT_RNG) and not self.is_initializing():
+            raise ValueError("ResVSSM(faithful=True) draws a fresh random shortcut projection on every call, like the "
+                             "official code: pass rngs={'shortcut': key} to apply (in eval too).")
         dims = self.stage_dims
         multiple = self.patch_size * 2 ** (len(self.depths) - 1)
         if x.shape[1] % multiple or x.shape[2] % multiple:

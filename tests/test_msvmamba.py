@@ -1,0 +1,116 @@
+"""MSVMamba pieces that need no golden file: PyTorch's nearest rule, the low-res routes, scan dispatch (one fused call
+with the model's implementation), implementation agreement, FLOPs, mixed precision and training mode."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import vmamba_jax
+from vmamba_jax.models import msvmamba
+
+
+def tiny(name="msvmamba_v3_tiny", **kw):
+    """A 2-block MSVMamba small enough for CPU."""
+    return vmamba_jax.create_model(name, dims=16, depths=(1, 1, 1, 1), num_classes=5, **kw)
+
+
+def test_torch_nearest_rule_differs_from_jax_resize():
+    # PyTorch F.interpolate(mode="nearest") source indices: floor(dst * in / out).
+    np.testing.assert_array_equal(msvmamba.torch_nearest_indices(4, 7), [0, 0, 1, 1, 2, 2, 3])
+    np.testing.assert_array_equal(msvmamba.torch_nearest_indices(2, 3), [0, 0, 1])
+    np.testing.assert_array_equal(msvmamba.torch_nearest_indices(1, 2), [0, 0])
+    np.testing.assert_array_equal(msvmamba.torch_nearest_indices(28, 56), np.arange(56) // 2)
+    x = jnp.arange(4.0).reshape(1, 4, 1, 1)
+    ours = msvmamba.upsample(x, (7, 1), "nearest")[0, :, 0, 0]
+    np.testing.assert_array_equal(ours, [0, 0, 1, 1, 2, 2, 3])
+    half_pixel = jax.image.resize(x, (1, 7, 1, 1), "nearest")[0, :, 0, 0]
+    assert not np.array_equal(ours, half_pixel)   # why we do not use jax.image.resize here
+
+
+def test_bilinear_upsample_is_half_pixel():
+    # F.interpolate(bilinear, align_corners=False) of [0, 1] to 4 samples: [0, .25, .75, 1].
+    x = jnp.array([0.0, 1.0]).reshape(1, 2, 1, 1)
+    np.testing.assert_allclose(msvmamba.upsample(x, (4, 1), "bilinear")[0, :, 0, 0], [0, .25, .75, 1])
+
+
+def test_low_res_routes_order_and_merge():
+    h, w = 2, 3
+    x = jnp.arange(h * w, dtype=jnp.float32).reshape(1, h, w, 1)
+    seq = msvmamba.low_res_scan(x)[0, :, 0]
+    # [reversed row-major | column-major | reversed column-major]
+    np.testing.assert_array_equal(seq, [5, 4, 3, 2, 1, 0] + [0, 3, 1, 4, 2, 5] + [5, 2, 4, 1, 3, 0])
+    # merging un-permutes each route: merge(scan(x)) = 3 x
+    np.testing.assert_array_equal(msvmamba.low_res_merge(msvmamba.low_res_scan(x), h, w), 3 * x)
+
+
+@pytest.mark.parametrize("hw", [(10, 14), (7, 5)])
+def test_one_fused_scan_call_with_the_models_implementation(monkeypatch, hw):
+    calls = []
+    real = msvmamba.selective_scan
+
+    def spy(*args, **kwargs):
+        calls.append((args[0].shape, args[3].shape, kwargs.get("implementation")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(msvmamba, "selective_scan", spy)
+    op = msvmamba.MS2D(8, d_state=1, ssm_ratio=2.0, forward_type="vms_noz", scan_implementation="associative")
+    x = jnp.ones((2, *hw, 8))
+    jax.eval_shape(op.init, jax.random.key(0), x)   # tracing is enough to see the calls
+    h, w = hw
+    L = max(h * w, 3 * (-(-h // 2)) * (-(-w // 2)))   # padded to the longer of full-res and concatenated low-res
+    # one call: both branches as 2 groups, the whole low-res route set as ONE sequence, implementation passed through
+    assert calls == [((2, 2 * 16, L), (2, 2, 1, L), "associative")]
+
+
+def test_scan_implementations_agree(forward_type="multiscale_4scan_12"):
+    x = jax.random.normal(jax.random.key(1), (2, 9, 12, 8))
+    ops = {impl: msvmamba.MS2D(8, d_state=2, forward_type=forward_type, scan_implementation=impl)
+           for impl in ("xla", "associative")}
+    params = ops["xla"].init(jax.random.key(0), x)
+    # shift dt up so the recurrence actually carries state across positions and route boundaries
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: v + 3.0 if "dt_projs_bias" in jax.tree_util.keystr(p) else v, params)
+    outs = {}
+    for impl, op in ops.items():
+        fn = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(op.apply(p, x))), argnums=(0, 1)))
+        outs[impl] = fn(params, x)
+    for a, b in zip(jax.tree_util.tree_leaves(outs["xla"]), jax.tree_util.tree_leaves(outs["associative"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
+
+
+@pytest.mark.parametrize("name,gflops", [("msvmamba_nano", 0.88), ("msvmamba_tiny", 4.61), ("msvmamba_v3_base", 16.3)])
+def test_flops_match_the_official_counts(name, gflops):
+    g = vmamba_jax.flops(vmamba_jax.create_model(name), 224) / 1e9
+    assert abs(g - gflops) / gflops < 0.01, g
+
+
+def test_forward_types_are_validated():
+    with pytest.raises(ValueError, match="multiscale_4scan_12"):
+        tiny(forward_type="v05_noz")
+    with pytest.raises(ValueError, match="ConvFFN"):
+        tiny(mlp_ratio=4.0)
+
+
+@pytest.mark.slow
+def test_bf16_training_step_is_finite_and_close():
+    # v3 (nearest upsample, one out_norm, post-norm ConvFFN); master's path differs only in the merge.
+    model32, model16 = tiny(scan_implementation="xla"), tiny(dtype=jnp.bfloat16, scan_implementation="xla")
+    x = jax.random.normal(jax.random.key(0), (2, 33, 47, 3))   # odd sizes: padding, ceil downsampling, odd upsample
+    variables = model32.init(jax.random.key(1), x)
+
+    @jax.jit
+    def run(variables, x):
+        def loss(p):
+            logits = model16.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.key(2)})
+            return jnp.mean(logits ** 2)
+
+        return model32.apply(variables, x), model16.apply(variables, x), jax.grad(loss)(variables["params"])
+
+    logits32, logits16, grads = run(variables, x)
+    assert logits16.dtype == jnp.float32 and logits16.shape == (2, 5)
+    np.testing.assert_allclose(logits16, logits32, atol=0.1 * float(np.abs(logits32).max()) + 0.05)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+    assert all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grads))   # params stay fp32
