@@ -59,7 +59,7 @@ def selective_scan_associative(u, delta, A, B, C, D=None, delta_bias=None, delta
         b = (dt_t * u_t)[..., None] * b_t[:, :, :, None, :]
         a_cum, b_cum = jax.lax.associative_scan(_combine, (a, b), axis=0)
         h = a_cum * h0[None] + b_cum
-        return h[-1], jnp.einsum("tbgdn,tbgn->tbgd", h, c_t)
+        return h[-1], jnp.einsum("tbgdn,tbgn->tbgd", h, c_t, precision=jax.lax.Precision.HIGHEST)
 
     h0 = jnp.zeros((batch, groups, per_group, d_state), jnp.float32)
     if n_chunks == 1:

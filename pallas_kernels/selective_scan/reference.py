@@ -77,7 +77,7 @@ def selective_scan_reference(u, delta, A, B, C, D=None, delta_bias=None, delta_s
     def step(h, inputs):  # h: (batch, groups, per_group, d_state)
         dt_t, u_t, b_t, c_t = inputs
         h = jnp.exp(dt_t[..., None] * A) * h + (dt_t * u_t)[..., None] * b_t[:, :, None, :]
-        return h, jnp.einsum("bgdn,bgn->bgd", h, c_t)
+        return h, jnp.einsum("bgdn,bgn->bgd", h, c_t, precision=jax.lax.Precision.HIGHEST)
 
     h0 = jnp.zeros((batch, groups, per_group, d_state), jnp.float32)
     xs = (to_time_major(dt), to_time_major(u), jnp.moveaxis(B, -1, 0), jnp.moveaxis(C, -1, 0))

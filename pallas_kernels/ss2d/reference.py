@@ -48,9 +48,11 @@ def ssm_inputs(xs, x_proj_weight, dt_projs_weight):
     """
     r = dt_projs_weight.shape[-1]
     n = (x_proj_weight.shape[1] - r) // 2
-    x_dbl = jnp.einsum("bkld,kcd->bklc", xs, x_proj_weight.astype(xs.dtype))
+    # fp32 means true fp32 (GPUs would otherwise use TF32 for these contractions); bf16 keeps the default.
+    precision = jax.lax.Precision.HIGHEST if xs.dtype == jnp.float32 else None
+    x_dbl = jnp.einsum("bkld,kcd->bklc", xs, x_proj_weight.astype(xs.dtype), precision=precision)
     dts_r, bs, cs = jnp.split(x_dbl, [r, r + n], axis=-1)
-    dts = jnp.einsum("bklr,kdr->bkld", dts_r, dt_projs_weight.astype(xs.dtype))
+    dts = jnp.einsum("bklr,kdr->bkld", dts_r, dt_projs_weight.astype(xs.dtype), precision=precision)
     return dts, jnp.swapaxes(bs, 2, 3), jnp.swapaxes(cs, 2, 3)
 
 
