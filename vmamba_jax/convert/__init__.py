@@ -9,3 +9,4 @@ from vmamba_jax.convert.core import (  # noqa: F401
     torch_key,
 )
 from vmamba_jax.convert.io import read_state_dict  # noqa: F401
+from vmamba_jax.convert.saved import load_converted, save_converted  # noqa: F401

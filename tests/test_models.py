@@ -1,0 +1,155 @@
+"""Model-level checks that need no golden file: registry, parameter counts, conversion of every released shape,
+FLOPs, initialisation, input validation, output shapes, mixed precision and the backbone mode."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import vmamba_jax
+from vmamba_jax.convert import expected_state_dict_shapes, load_torch_checkpoint
+from vmamba_jax.models import get_entry, model_kwargs
+
+RELEASED = ["vmamba_tiny_s1l8", "vmamba_small_s2l15", "vmamba_base_s2l15", "vmamba_tiny_s2l5", "vmamba_small_s1l20",
+            "vmamba_base_s1l20", "vanilla_vmamba_tiny", "vanilla_vmamba_small", "vanilla_vmamba_base"]
+
+
+def tiny(**kw):
+    """A VMamba-T-shaped model small enough to run on CPU in a second."""
+    return vmamba_jax.create_model("vmamba_tiny_s1l8", dims=16, depths=(1, 1, 1, 1), num_classes=7, **kw)
+
+
+def test_list_models_has_every_released_variant():
+    assert vmamba_jax.list_models()[:len(RELEASED)] == RELEASED
+
+
+@pytest.mark.parametrize("name", RELEASED)
+def test_param_count_and_keys_equal_the_official(name, official_shapes):
+    official = official_shapes[name]
+    model = vmamba_jax.create_model(name)
+    shapes = expected_state_dict_shapes(model)
+    assert {k: list(v) for k, v in shapes.items()} == official["state_dict"]
+    assert sum(math.prod(s) for s in shapes.values()) == official["n_params"] == get_entry(name).params
+
+
+@pytest.mark.parametrize("name", ["vmamba_tiny_s1l8", "vanilla_vmamba_tiny"])
+def test_converts_from_a_zero_state_dict_of_official_shapes(name, official_shapes):
+    state_dict = {k: np.zeros(s, np.float32) for k, s in official_shapes[name]["state_dict"].items()}
+    variables = load_torch_checkpoint(state_dict, vmamba_jax.create_model(name))
+    assert vmamba_jax.count_params(variables) == official_shapes[name]["n_params"]
+    assert all(not np.any(np.asarray(x)) for x in jax.tree_util.tree_leaves(variables))
+
+
+def test_flops_of_vmamba_tiny_match_the_official_count():
+    g = vmamba_jax.flops(vmamba_jax.create_model("vmamba_tiny_s1l8"), 224) / 1e9
+    assert abs(g - 4.91) / 4.91 < 0.01, g   # official: 4.9056 G (fvcore, scan counted as 9BLDN + BDL)
+
+
+def test_initialisation_follows_mamba_init_v0():
+    model = vmamba_jax.create_model("vmamba_tiny_s1l8", dims=32, depths=(1, 1, 1, 1))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    op = params["layers_0"]["blocks_0"]["op"]
+    assert np.all(op["A_logs"] == 0.0) and np.all(op["Ds"] == 1.0)       # d_state 1: log(1) = 0, A = -1
+    dt = np.asarray(jax.nn.softplus(op["dt_projs_bias"]))
+    assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6 and dt.min() < 0.01 < dt.max()
+    R = op["dt_projs_weight"].shape[-1]
+    assert np.abs(op["dt_projs_weight"]).max() <= R ** -0.5
+    assert np.abs(op["x_proj_weight"]).max() <= 1 / math.sqrt(op["x_proj_weight"].shape[-1])
+    kernel = np.asarray(params["layers_2"]["blocks_0"]["mlp"]["fc1"]["kernel"])   # trunc_normal(std .02)
+    assert 0.015 < kernel.std() < 0.025 and np.all(params["layers_2"]["blocks_0"]["mlp"]["fc1"]["bias"] == 0)
+    v0 = vmamba_jax.create_model("vanilla_vmamba_tiny", dims=32, depths=(1, 1, 1, 1))
+    op0 = v0.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]["layers_0"]["blocks_0"]["op"]
+    np.testing.assert_allclose(op0["A_logs"][0], np.log(np.arange(1, 17)), rtol=1e-6)  # S4D-real
+
+
+@pytest.mark.parametrize("hw", [(64, 96), (33, 47), (7, 5), (1, 2)])
+def test_output_shapes_for_any_size_the_official_model_accepts(hw):
+    model = tiny()
+    x = jnp.ones((2, *hw, 3))
+    variables = model.init(jax.random.key(0), x)
+    logits, state = model.apply(variables, x, mutable=["intermediates"])
+    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+    h, w = hw
+    for i in range(4):   # v2 stem: two stride-2 convs (ceil), v3 downsample: ceil(H/2) per stage
+        h, w = (math.ceil(math.ceil(h / 2) / 2), math.ceil(math.ceil(w / 2) / 2)) if i == 0 else (h, w)
+        h, w = (math.ceil(h / 2), math.ceil(w / 2)) if i < 3 else (h, w)
+        assert state["intermediates"][f"layers.{i}"][0].shape[1:3] == (h, w), i
+
+
+def test_bad_inputs_get_errors_that_name_the_fix():
+    model = tiny()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    with pytest.raises(ValueError, match=r"x\[None\]"):
+        model.apply(variables, jnp.zeros((32, 32, 3)))
+    with pytest.raises(ValueError, match="channel-first"):
+        model.apply(variables, jnp.zeros((1, 3, 32, 32)))
+    with pytest.raises(ValueError, match="float images"):
+        model.apply(variables, jnp.zeros((1, 32, 32, 3), jnp.uint8))
+    v1 = vmamba_jax.create_model("vanilla_vmamba_tiny", dims=16, depths=(1, 1, 1, 1))
+    v1_vars = v1.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    with pytest.raises(ValueError, match="smaller than the minimum 4x4"):
+        v1.apply(v1_vars, jnp.zeros((1, 3, 8, 3)))
+    with pytest.raises(TypeError, match="did you mean 'ssm_ratio'"):
+        vmamba_jax.create_model("vmamba_tiny_s1l8", ssm_ration=2.0)
+    with pytest.raises(ValueError, match="Did you mean"):
+        vmamba_jax.create_model("vmamba_tiny_s1l9")
+    with pytest.raises(ValueError, match="v05_noz"):
+        tiny(forward_type="v9").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_bf16_compute_stays_close_to_fp32():
+    x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+    model32 = vmamba_jax.create_model("vmamba_tiny_s1l8", dims=32, depths=(1, 1, 2, 1), num_classes=10)
+    variables = model32.init(jax.random.key(0), x)
+    # Random weights give near-zero logits; spread the head so the relative error is measured on real signal.
+    variables = jax.tree_util.tree_map_with_path(
+        lambda p, v: v * 50 if "head" in jax.tree_util.keystr(p) else v, variables)
+    y32 = model32.apply(variables, x)
+    y16 = model32.clone(dtype=jnp.bfloat16).apply(variables, x)
+    assert y16.dtype == jnp.float32
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda v: v.dtype == jnp.float32, variables))
+    rel = float(jnp.abs(y16 - y32).max() / jnp.abs(y32).max())
+    assert rel < 2e-2, rel
+
+
+def test_drop_path_is_active_only_in_training():
+    model = tiny(drop_path_rate=0.5)
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x)
+    eval_out = model.apply(variables, x)
+    np.testing.assert_array_equal(eval_out, model.apply(variables, x))
+    a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(a, b) and not np.allclose(a, eval_out)
+    assert model_kwargs("vmamba_tiny_s1l8")["drop_path_rate"] == 0.2
+
+
+def test_remat_gives_the_same_gradients():
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    model = tiny()
+    variables = model.init(jax.random.key(0), x)
+    grad = lambda m: jax.grad(lambda p: m.apply({"params": p}, x).sum())(variables["params"])
+    g1, g2 = grad(model), grad(model.clone(use_checkpoint=True))
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_backbone_returns_normalised_pre_downsample_features():
+    kw = dict(dims=16, depths=(1, 1, 1, 1))
+    backbone = vmamba_jax.create_model("vmamba_tiny_s1l8", features_only=True, out_indices=(0, 2, 3), **kw)
+    x = jnp.ones((1, 64, 96, 3))
+    variables = backbone.init(jax.random.key(0), x)
+    feats = backbone.apply(variables, x)
+    assert [f.shape for f in feats] == [(1, 16, 24, 16), (1, 4, 6, 64), (1, 2, 3, 128)]
+    assert set(variables["params"]) >= {"outnorm0", "outnorm2", "outnorm3"} and "classifier" not in variables["params"]
+    # A classification checkpoint loads into the backbone as the official Backbone_VSSM.load_pretrained does.
+    classifier = vmamba_jax.create_model("vmamba_tiny_s1l8", **kw)
+    from vmamba_jax.convert import to_torch_state_dict
+    sd = to_torch_state_dict(classifier.init(jax.random.key(3), x))
+    loaded = load_torch_checkpoint(sd, backbone, exclude=("outnorm",), ignore_unexpected=("classifier.",))
+    np.testing.assert_array_equal(loaded["params"]["layers_1"]["blocks_0"]["op"]["Ds"],
+                                  sd["layers.1.blocks.0.op.Ds"])
