@@ -81,6 +81,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     assert got == ref  # bitwise: float equality of every step's loss
     evals = lambda d: [(r["step"], r["eval/top1"], r["eval/ema_top1"]) for r in _rows(d) if "eval/top1" in r]
     assert evals(run_dir)[-1] == evals(ref_dir)[-1]
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(run_dir, "tensorboard")))
     with open(os.path.join(run_dir, "config.json")) as f:
         assert json.load(f)["model"]["kwargs"]["dims"] == [8]
 

@@ -241,6 +241,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
             _log(is_main, f"SIGTERM: saved checkpoint at step {step}; exiting", bar)
             break
     ckpt.wait()
+    if hasattr(train_it, "close"):
+        train_it.close()  # stops Grain worker processes
     if bar is not None:
         bar.close()
     writer.close()
