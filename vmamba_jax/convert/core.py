@@ -11,6 +11,7 @@ likely cause, and nothing is silently skipped.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -184,17 +185,32 @@ def _format_error(model, missing, unexpected, mismatched, guess: str | None) -> 
     return "\n".join(lines)
 
 
-def guess_model(state_shapes: Mapping[str, tuple]) -> str | None:
-    """The registered model whose expected keys and shapes equal the checkpoint's, head size aside."""
-    from vmamba_jax.models import create_model, list_models
+@functools.lru_cache(maxsize=None)
+def _registered_shapes(name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    from vmamba_jax.models import create_model
+    return tuple(expected_state_dict_shapes(create_model(name)).items())
 
-    ckpt = {k: tuple(v) for k, v in state_shapes.items() if not k.startswith("classifier.head")}
+
+def guess_model(state_shapes: Mapping[str, tuple], family: type | None = None) -> str | None:
+    """The registered model whose expected keys and shapes equal the checkpoint's, head size aside.
+
+    `family` restricts the search to models built by that class (the class the user is loading into): each candidate
+    costs an abstract init, and a checkpoint is nearly always a variant of the architecture being loaded.
+    """
+    from vmamba_jax.models import get_entry, list_models
+
+    def strip(shapes):
+        return {k: tuple(v) for k, v in shapes if not k.startswith("classifier.head")}
+
+    ckpt = strip(state_shapes.items())
     for name in list_models():
+        if family is not None and get_entry(name).cls is not family:
+            continue
         try:
-            want = expected_state_dict_shapes(create_model(name))
+            want = _registered_shapes(name)
         except Exception:  # a model that cannot be built abstractly is just not a candidate
             continue
-        if {k: tuple(v) for k, v in want.items() if not k.startswith("classifier.head")} == ckpt:
+        if strip(want) == ckpt:
             return name
     return None
 
@@ -242,7 +258,7 @@ def load_torch_checkpoint(source, model: nn.Module, *, ema: bool = False, exclud
             continue
         flat[path] = jnp.asarray(arr, dtype=target[path].dtype)
     if missing or unexpected or mismatched:
-        guess = guess_model({k: v.shape for k, v in state.items()})
+        guess = guess_model({k: v.shape for k, v in state.items()}, family=type(model))
         raise CheckpointMismatchError(_format_error(model, missing, unexpected, mismatched, guess))
     if exclude:
         x = jnp.zeros((1, 64, 64, getattr(model, "in_chans", 3)), jnp.float32)
