@@ -137,7 +137,7 @@ def main():
 
     rows = [json.loads(line) for line in open(os.path.join(a.workdir, "metrics.jsonl"))]
     evals = [r for r in rows if "eval/top1" in r]
-    train_rows = [r for r in rows if "train/img_per_s" in r]
+    train_rows = [r for r in rows if math.isfinite(r.get("train/img_per_s", float("nan")))]
     kind = jax.devices()[0].device_kind
     tag = "cpu" if jax.devices()[0].platform == "cpu" else kind.lower().replace("nvidia", "").strip().split()[0]
     from pallas_kernels.ss2d import resolve_implementation
@@ -149,7 +149,7 @@ def main():
         "top1_ema": [r.get("eval/ema_top1") for r in evals], "final_top1": summary["final_top1"],
         "final_top1_ema": summary["final_top1_ema"], "best_top1": summary["best_top1"],
         "best_top1_ema": summary["best_top1_ema"], "minutes": minutes,
-        "img_per_s": sum(r["train/img_per_s"] for r in train_rows[1:]) / max(1, len(train_rows) - 1),
+        "img_per_s": sum(r["train/img_per_s"] for r in train_rows) / max(1, len(train_rows)),
         "device": kind, "jax_version": jax.__version__, "date": datetime.date.today().isoformat(),
         "global_batch": cfg.global_batch, "dtype": cfg.dtype, "scan_impl": resolve_implementation(
             cfg.scan_implementation), "probe": info, "goal_top1": 90.0, "goal_minutes": 10.0,

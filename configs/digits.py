@@ -2,9 +2,12 @@
 
     python train.py                       # = python train.py --config configs/digits.py
 
-1,437 train / 360 test images (8x8 scans upscaled to 32x32x3). Expected: >= 97% test top-1 (raw weights) in about
-2-3 minutes on 2 quiet CPU cores, with a progress bar and an evaluation each epoch; logs and checkpoints in runs/digits.
-The model is VMamba-T's architecture (v2 stem, v3 downsample, v05_noz SS2D with d_state 1) shrunk to 3 stages.
+1,437 train / 360 test images (8x8 scans upscaled to 32x32x3), 8 epochs of 22 steps, a progress bar (loss, img/s,
+ETA) and an evaluation of raw and EMA weights each epoch; logs and checkpoints in runs/digits (a second
+`python train.py` resumes there: delete the folder to start over). Expected: >= 95% test top-1. Measured 2026-11-23
+on 2 CPU cores shared with other jobs (jax 0.10.2): 2 min 34 s wall, final top-1 96.94% (best 97.22%), EMA 95.28%;
+15 epochs gave 98.33%. The model is VMamba-T's architecture (v2 stem, v3 downsample, v05_noz SS2D, d_state 1)
+shrunk to 3 stages of widths 32/64/128 and depths 1/1/2 (0.51M params).
 """
 
 from vmamba_jax.train.config import default_config

@@ -199,18 +199,21 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     preempted = _Preemption()
     bar = _progress(is_main and cfg.progress_bar, run.total_steps, step)
     history, corrupt_epoch, corrupt_total = [], jnp.zeros((), jnp.int32), 0
-    t_log, step_log, img_s, status = time.time(), step, float("nan"), "done"
+    t_log, step_log, img_s, status, start = time.time(), step, float("nan"), "done", step
     eval_every = max(1, int(round(cfg.eval_every_epochs * run.steps_per_epoch)))
 
     while step < run.total_steps:
         batch = global_batch(next(train_it), run.batch_sharding)
         state, metrics = train_step(state, batch)
         step += 1
+        if step == start + 1:  # img/s excludes compilation: the clock starts once the first step has run
+            jax.block_until_ready(metrics)
+            t_log, step_log = time.time(), step
         corrupt_epoch = corrupt_epoch + metrics["corrupt"]
         if step % cfg.log_every_steps == 0 or step == run.total_steps:
             m = jax.device_get(metrics)
             now = time.time()
-            img_s = (step - step_log) * run.global_batch / max(now - t_log, 1e-9)
+            img_s = (step - step_log) * run.global_batch / max(now - t_log, 1e-9) if step > step_log else img_s
             t_log, step_log = now, step
             writer.write(step, {"loss": m["loss"], "lr": m["lr"], "grad_norm": m["grad_norm"], "img_per_s": img_s,
                                 "epoch": step / run.steps_per_epoch}, prefix="train/")
@@ -233,6 +236,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
                    + (f" | {n_corrupt} corrupt images skipped" if n_corrupt else ""))
             _log(is_main, msg, bar)
             ckpt.save(step, state, train_it, metrics={"top1": max(ev["top1"], ev.get("ema_top1", -1.0))})
+            t_log, step_log = time.time(), step  # img/s measures training only, not evaluation
         elif cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
             ckpt.save(step, state, train_it)
         if preempted(step):
