@@ -374,9 +374,9 @@ class MSVSSM(VSSM):
 # ---------------------------------------------------------------------------------------------------------------------
 
 _V1_COMMON = dict(  # master, classification/configs/ms_vssm/vssm_*_224_ms.yaml
-    ssm_d_state=1, ssm_ratio=2.0, ssm_dt_rank="auto", ssm_conv=3, ssm_conv_bias=True, forward_type="multiscale_4scan_12",
-    mlp_ratio=0.0, add_se=True, conv_ffn_ratio=2, patchembed_version="v1", downsample_version="v1", norm_layer="ln",
-    drop_path_rate=0.2,
+    ssm_d_state=1, ssm_ratio=2.0, ssm_dt_rank="auto", ssm_conv=3, ssm_conv_bias=True,
+    forward_type="multiscale_4scan_12", mlp_ratio=0.0, add_se=True, conv_ffn_ratio=2, patchembed_version="v1",
+    downsample_version="v1", norm_layer="ln", drop_path_rate=0.2,
 )
 _V3_COMMON = dict(  # branch v2, classification/configs/msv2/msvmambav3_*_224.yaml
     ssm_d_state=1, ssm_ratio=1.0, ssm_dt_rank="auto", ssm_conv=3, ssm_conv_bias=True, forward_type="vms_noz",
