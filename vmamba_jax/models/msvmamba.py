@@ -28,7 +28,7 @@ Parameter names are the official ones (`op.conv2d_b1`, `op.se.fc.0`, `convFFN.li
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,7 +41,7 @@ from vmamba_jax.models.layers import Conv, Dense, DropPath, LayerNorm, activatio
 from vmamba_jax.models.registry import register_model
 from vmamba_jax.models.ss2d import (A_logs_init, dt_projs_bias_init, dt_projs_weight_init, resolve_dt_rank,
                                     x_proj_init)
-from vmamba_jax.models.vmamba import VSSM, make_downsample, PatchEmbed
+from vmamba_jax.models.vmamba import VSSM
 
 Dtype = Any
 K = 2  # parameter sets: one full-res route, one (concatenated) low-res route
@@ -293,28 +293,6 @@ class MSVSSBlock(nn.Module):
         return x
 
 
-class MSVSSLayer(nn.Module):
-    """One stage (official `layers[i]`): MS3 blocks, then an optional downsample. Returns (blocks output, output)."""
-
-    dim: int
-    out_dim: int
-    drop_paths: Sequence[float]
-    downsample_version: str = "none"
-    block_kwargs: Any = None  # a hashable tuple of (name, value) pairs for MSVSSBlock
-    use_checkpoint: bool = False
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-        block_cls = nn.remat(MSVSSBlock, static_argnums=(2,)) if self.use_checkpoint else MSVSSBlock
-        kwargs = dict(self.block_kwargs or ())
-        for j, dp in enumerate(self.drop_paths):
-            x = block_cls(self.dim, drop_path=dp, dtype=self.dtype, name=f"blocks_{j}", **kwargs)(x, train)
-        if self.downsample_version == "none":
-            return x, x
-        return x, make_downsample(self.downsample_version, self.dim, self.out_dim, self.dtype)(x)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # The network
 # ---------------------------------------------------------------------------------------------------------------------
@@ -334,6 +312,8 @@ class MSVSSM(VSSM):
     add_se: bool = True
     conv_ffn_ratio: int = 2
 
+    block = MSVSSBlock
+
     def __post_init__(self):
         parse_ms_forward_type(self.forward_type)
         if self.mlp_ratio:
@@ -348,25 +328,6 @@ class MSVSSM(VSSM):
             ssm_init=self.ssm_init, forward_type=self.forward_type, add_se=self.add_se,
             conv_ffn_ratio=self.conv_ffn_ratio, scan_implementation=self.scan_implementation,
         ).items())
-
-    def stages(self, x: jax.Array, train: bool) -> list[tuple[int, jax.Array, jax.Array]]:
-        """patch_embed and the stages: [(i, pre-downsample features, stage output)]."""
-        self.check_input(x)
-        dims = self.stage_dims
-        dpr = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
-        x = PatchEmbed(dims[0], self.patch_size, self.in_chans, self.patch_norm, self.patchembed_version,
-                       dtype=self.dtype, name="patch_embed")(x.astype(jnp.float32))
-        start, outs = 0, []
-        for i, depth in enumerate(self.depths):
-            last = i == len(self.depths) - 1
-            layer = MSVSSLayer(dims[i], dims[i] if last else dims[i + 1], tuple(dpr[start:start + depth]),
-                               downsample_version="none" if last else self.downsample_version,
-                               block_kwargs=self.block_kwargs(), use_checkpoint=self.use_checkpoint,
-                               dtype=self.dtype, name=f"layers_{i}")
-            start += depth
-            feat, x = layer(x, train)
-            outs.append((i, feat, x))
-        return outs
 
 
 # ---------------------------------------------------------------------------------------------------------------------

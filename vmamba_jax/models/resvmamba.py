@@ -23,11 +23,10 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vmamba_jax.models.layers import Conv
 from vmamba_jax.models.registry import get_entry, register_model
-from vmamba_jax.models.vmamba import VSSM, PatchEmbed, VSSLayer
+from vmamba_jax.models.vmamba import VSSM
 
 SHORTCUT_RNG = "shortcut"
 
@@ -64,34 +63,21 @@ class ResVSSM(VSSM):
         y = jnp.einsum("bhwc,cd->bhwd", x.astype(self.dtype), w.astype(self.dtype))
         return y + b.astype(self.dtype)
 
-    def stages(self, x: jax.Array, train: bool) -> list[tuple[int, jax.Array, jax.Array]]:
-        """patch_embed and the stages: [(i, pre-downsample features, stage output incl. the shortcut)]."""
-        self.check_input(x)
+    def check_input(self, x: jax.Array) -> None:
+        super().check_input(x)
         if self.faithful and not self.has_rng(SHORTCUT_RNG) and not self.is_initializing():
             raise ValueError("ResVSSM(faithful=True) draws a fresh random shortcut projection on every call, like the "
                              "official code: pass rngs={'shortcut': key} to apply (in eval too).")
-        dims = self.stage_dims
         multiple = self.patch_size * 2 ** (len(self.depths) - 1)
         if x.shape[1] % multiple or x.shape[2] % multiple:
             raise ValueError(f"ResVSSM: input {x.shape[1]}x{x.shape[2]} must be a multiple of {multiple} (patch "
                              "size x 2 per downsampling stage) so the shortcut's max-pool matches the downsample.")
-        dpr = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
-        x = PatchEmbed(dims[0], self.patch_size, self.in_chans, self.patch_norm, self.patchembed_version,
-                       dtype=self.dtype, name="patch_embed")(x.astype(jnp.float32))
-        start, outs = 0, []
-        for i, depth in enumerate(self.depths):
-            last = i == len(self.depths) - 1
-            layer = VSSLayer(dims[i], dims[i] if last else dims[i + 1], tuple(dpr[start:start + depth]),
-                             downsample_version="none" if last else self.downsample_version,
-                             block_kwargs=self.block_kwargs(), use_checkpoint=self.use_checkpoint,
-                             dtype=self.dtype, name=f"layers_{i}")
-            start += depth
-            feat, out = layer(x, train)
-            if not last:  # the official `idx < 3`: every stage that downsamples
-                out = out + self._shortcut(i, x, dims[i + 1]).astype(out.dtype)
-            x = out
-            outs.append((i, feat, x))
-        return outs
+
+    def stage_shortcut(self, i: int, stage_input: jax.Array, stage_output: jax.Array) -> jax.Array:
+        """Adds the shortcut to every stage that downsamples (the official `idx < 3`)."""
+        if i == len(self.depths) - 1:
+            return stage_output
+        return stage_output + self._shortcut(i, stage_input, self.stage_dims[i + 1]).astype(stage_output.dtype)
 
 
 @register_model("resvmamba_small", ResVSSM, params=44_805_832, top1=79.54)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmamba_jax.models.layers import Conv, Dense, DropPath, LayerNorm, Mlp, activation
+from vmamba_jax.models.layers import Conv, Dense, DropPath, LayerNorm, Mlp
 from vmamba_jax.models.registry import register_model
 from vmamba_jax.models.ss2d import SS2D
 
@@ -171,13 +171,15 @@ class VSSLayer(nn.Module):
     out_dim: int
     drop_paths: Sequence[float]
     downsample_version: str = "none"
-    block_kwargs: Any = None  # a hashable tuple of (name, value) pairs for VSSBlock
+    block_kwargs: Any = None  # a hashable tuple of (name, value) pairs for the block
     use_checkpoint: bool = False
     dtype: Dtype = jnp.float32
+    block: Any = None         # the block class (default VSSBlock; MSVMamba passes its MS3 block)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-        block_cls = nn.remat(VSSBlock, static_argnums=(2,)) if self.use_checkpoint else VSSBlock
+        block = self.block or VSSBlock
+        block_cls = nn.remat(block, static_argnums=(2,)) if self.use_checkpoint else block
         kwargs = dict(self.block_kwargs or ())
         for j, dp in enumerate(self.drop_paths):
             x = block_cls(self.dim, drop_path=dp, dtype=self.dtype, name=f"blocks_{j}", **kwargs)(x, train)
@@ -230,6 +232,8 @@ class VSSM(nn.Module):
     dtype: Dtype = jnp.float32
     scan_implementation: str | None = None
 
+    block = VSSBlock  # the block class of every stage (a class attribute, not a field): derivatives swap it
+
     def __post_init__(self):
         if self.posembed:
             raise ValueError("posembed=True is not supported: no released VMamba uses a position embedding")
@@ -257,7 +261,7 @@ class VSSM(nn.Module):
                              f"{self.in_chans}); got shape {x.shape} (rank {x.ndim}). Add a batch axis with "
                              "x[None] for a single image.")
         if x.shape[-1] != self.in_chans:
-            hint = (f" It looks channel-first: use x.transpose(0, 2, 3, 1)." if x.shape[1] == self.in_chans else
+            hint = (" It looks channel-first: use x.transpose(0, 2, 3, 1)." if x.shape[1] == self.in_chans else
                     f" Pass in_chans={x.shape[-1]} to create_model if that is intended.")
             raise ValueError(f"{type(self).__name__} expects {self.in_chans} channels last (N, H, W, "
                              f"{self.in_chans}); got shape {x.shape}.{hint}")
@@ -278,6 +282,11 @@ class VSSM(nn.Module):
             mlp_act_layer=self.mlp_act_layer, gmlp=self.gmlp, scan_implementation=self.scan_implementation,
         ).items())
 
+    def stage_shortcut(self, i: int, stage_input: jax.Array, stage_output: jax.Array) -> jax.Array:
+        """Hook applied to each stage's output (identity here; Res-VMamba adds its stage shortcut)."""
+        del i, stage_input
+        return stage_output
+
     def stages(self, x: jax.Array, train: bool) -> list[tuple[int, jax.Array, jax.Array]]:
         """patch_embed and the stages: [(i, pre-downsample features, stage output)] (called from __call__)."""
         self.check_input(x)
@@ -291,9 +300,10 @@ class VSSM(nn.Module):
             layer = VSSLayer(dims[i], dims[i] if last else dims[i + 1], tuple(dpr[start:start + depth]),
                              downsample_version="none" if last else self.downsample_version,
                              block_kwargs=self.block_kwargs(), use_checkpoint=self.use_checkpoint,
-                             dtype=self.dtype, name=f"layers_{i}")
+                             dtype=self.dtype, block=self.block, name=f"layers_{i}")
             start += depth
-            feat, x = layer(x, train)
+            feat, out = layer(x, train)
+            x = self.stage_shortcut(i, x, out)
             outs.append((i, feat, x))
         return outs
 
