@@ -25,38 +25,20 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pallas_kernels.selective_scan import api  # noqa: E402
 from pallas_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
+from pallas_kernels.selective_scan.testing import make_inputs, rel_err  # noqa: E402
 
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 TOL = {"fp32": (1e-5, 1e-4), "bf16": (1e-2, 1e-2)}
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
-def make_inputs(seed, batch, groups, per_group, d_state, length, dtype):
-    """Random op inputs in the official shapes; delta spans the softplus knee and a few values pass 20."""
-    ks = jax.random.split(jax.random.PRNGKey(seed), 7)
-    ch = groups * per_group
-    u = jax.random.normal(ks[0], (batch, ch, length)).astype(dtype)
-    delta = (jax.random.normal(ks[1], (batch, ch, length)) - 1.0).astype(dtype)
-    delta = delta.at[:, :2, ::7].set(21.0)
-    A = -jnp.exp(0.5 * jax.random.normal(ks[2], (ch, d_state)))
-    B = jax.random.normal(ks[3], (batch, groups, d_state, length)).astype(dtype)
-    C = jax.random.normal(ks[4], (batch, groups, d_state, length)).astype(dtype)
-    D = jax.random.normal(ks[5], (ch,))
-    bias = 0.5 * jax.random.normal(ks[6], (ch,))
-    return u, delta, A, B, C, D, bias
 
 
-def rel_err(x, ref):
-    x, ref = np.asarray(x, np.float32), np.asarray(ref, np.float32)
-    if not np.all(np.isfinite(x)):
-        return float("inf")
-    return float(np.abs(x - ref).max() / max(np.abs(ref).max(), 1e-6))
 
 
 def check_case(impl, batch, groups, per_group, d_state, length, dtype_name, seed):

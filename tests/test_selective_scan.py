@@ -14,20 +14,7 @@ import pytest
 from pallas_kernels import selective_scan
 from pallas_kernels.selective_scan import (available_implementations, resolve_implementation,
                                            selective_scan_associative, selective_scan_reference, softplus)
-from tests.conftest import rel_err
-
-
-def random_inputs(seed, batch, K, D, N, L, dtype=jnp.float32):
-    rng = np.random.default_rng(seed)
-    f = lambda *s: rng.standard_normal(s).astype(np.float32)
-    u = jnp.asarray(f(batch, K * D, L), dtype)
-    delta = jnp.asarray(f(batch, K * D, L) - 1.0, dtype)
-    A = -jnp.exp(jnp.asarray(f(K * D, N)))
-    B = jnp.asarray(f(batch, K, N, L), dtype)
-    C = jnp.asarray(f(batch, K, N, L), dtype)
-    Dskip = jnp.asarray(f(K * D))
-    bias = jnp.asarray(f(K * D))
-    return u, delta, A, B, C, Dskip, bias
+from pallas_kernels.selective_scan.testing import make_inputs, rel_err
 
 
 # (batch, K, D, N, L): VMamba's four stage lengths at 224 (3136, 784, 196, 49) with small channel counts, an odd L,
@@ -38,7 +25,7 @@ SHAPES = [(1, 4, 2, 1, 3136), (2, 4, 4, 1, 784), (2, 4, 4, 16, 196), (2, 4, 8, 1
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-2)])
 def test_associative_forward_matches_reference(shape, dtype, tol):
-    args = random_inputs(0, *shape, dtype=dtype)
+    args = make_inputs(0, *shape, dtype=dtype)
     y_ref = jax.jit(selective_scan_reference)(*args)
     y = jax.jit(selective_scan_associative)(*args)
     assert y.dtype == jnp.float32 and y_ref.dtype == jnp.float32
@@ -49,7 +36,7 @@ def test_associative_forward_matches_reference(shape, dtype, tol):
 @pytest.mark.parametrize("shape", [(2, 4, 4, 1, 196), (2, 4, 4, 16, 301), (1, 4, 2, 1, 784)])
 @pytest.mark.parametrize("chunk_size", [None, 64])
 def test_associative_gradients_match_reference(shape, chunk_size):
-    args = random_inputs(1, *shape)
+    args = make_inputs(1, *shape)
     cot = jnp.asarray(np.random.default_rng(2).standard_normal(args[0].shape).astype(np.float32))
 
     def loss(fn, *a):
@@ -75,7 +62,7 @@ def test_softplus_threshold_matches_the_cuda_kernel():
 
 
 def test_without_optional_arguments_and_without_softplus():
-    u, delta, A, B, C, _, _ = random_inputs(3, 1, 4, 2, 16, 33)
+    u, delta, A, B, C, _, _ = make_inputs(3, 1, 4, 2, 16, 33)
     for kw in (dict(D=None, delta_bias=None, delta_softplus=False), dict(D=None, delta_bias=None)):
         y_ref = selective_scan_reference(u, jnp.abs(delta), A, B, C, **kw)
         y = selective_scan(u, jnp.abs(delta), A, B, C, implementation="associative", **kw)
@@ -86,7 +73,7 @@ def test_dispatch_and_clear_errors():
     assert resolve_implementation("auto") in available_implementations()
     assert resolve_implementation(None) == resolve_implementation("auto")
     assert {"xla", "associative"} <= set(available_implementations("cpu"))
-    u, delta, A, B, C, D, bias = random_inputs(4, 1, 4, 2, 1, 9)
+    u, delta, A, B, C, D, bias = make_inputs(4, 1, 4, 2, 1, 9)
     with pytest.raises(ValueError, match="unknown implementation"):
         selective_scan(u, delta, A, B, C, D, bias, implementation="cuda")
     with pytest.raises(ValueError, match="B must be"):

@@ -13,34 +13,18 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from pallas_kernels.selective_scan import api, pallas_mosaic_tpu
 from pallas_kernels.selective_scan.reference import selective_scan_reference
+from pallas_kernels.selective_scan.testing import make_inputs, rel_err
 
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 TOL = {jnp.float32: (1e-5, 1e-4), jnp.bfloat16: (1e-2, 1e-2)}  # (forward, grad), relative to max |reference|
 
 
-def make_inputs(seed, batch, groups, per_group, d_state, length, dtype):
-    ks = jax.random.split(jax.random.PRNGKey(seed), 7)
-    ch = groups * per_group
-    u = jax.random.normal(ks[0], (batch, ch, length)).astype(dtype)
-    # Spread delta around the softplus knee, with a few values past the threshold of 20 (the identity branch).
-    delta = (jax.random.normal(ks[1], (batch, ch, length)) - 1.0).astype(dtype)
-    delta = delta.at[:, :2, ::7].set(21.0)
-    A = -jnp.exp(0.5 * jax.random.normal(ks[2], (ch, d_state)))
-    B = jax.random.normal(ks[3], (batch, groups, d_state, length)).astype(dtype)
-    C = jax.random.normal(ks[4], (batch, groups, d_state, length)).astype(dtype)
-    D = jax.random.normal(ks[5], (ch,))
-    bias = 0.5 * jax.random.normal(ks[6], (ch,))
-    return u, delta, A, B, C, D, bias
 
 
-def rel_err(x, ref):
-    x, ref = np.asarray(x, np.float32), np.asarray(ref, np.float32)
-    return float(np.abs(x - ref).max() / max(np.abs(ref).max(), 1e-6))
 
 
 def check_against_reference(fn, args, dtype):
