@@ -131,3 +131,36 @@ def test_input_size_must_fit_the_shortcut():
     model = tiny()
     with pytest.raises(ValueError, match="multiple of 32"):
         model.init(jax.random.key(0), jnp.zeros((1, 48, 64, 3)))
+
+
+def test_faithful_mode_runs_through_the_train_and_eval_steps():
+    """train.py's step passes a "shortcut" key per step (fresh projections), the eval step a fixed one."""
+    from vmamba_jax.train.config import default_config
+    from vmamba_jax.train.loop import build_model
+    from vmamba_jax.train.mesh import batch_sharding, make_mesh, state_shardings
+    from vmamba_jax.train.optimizer import make_optimizer
+    from vmamba_jax.train.state import create_train_state
+    from vmamba_jax.train.steps import make_eval_step, make_train_step
+
+    cfg = default_config()
+    cfg.model.name = "resvmamba_small"
+    cfg.model.kwargs.update(dims=8, depths=(1, 1), faithful=True)
+    cfg.dtype = "float32"
+    model = build_model(cfg, 10)
+    sample = jnp.zeros((1, 16, 16, 3))
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sample)["params"])
+    tx, sched = make_optimizer(cfg.optim, params, global_batch=4, steps_per_epoch=10, total_steps=100)
+    mesh = make_mesh(1)
+    init = lambda rng: create_train_state(model, tx, rng, sample)  # noqa: E731
+    sh = state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
+    step = make_train_step(model, tx, sched, cfg, num_classes=10, state_sharding=sh,
+                           batch_sharding=batch_sharding(mesh), mesh=mesh)
+    state = jax.jit(init, out_shardings=sh)(jax.random.PRNGKey(0))
+    batch = {"image": jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3)),
+             "label": jnp.arange(4, dtype=jnp.int32), "corrupt": jnp.zeros((4,), jnp.int32)}
+    state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    eval_step = make_eval_step(model, params_sharding=sh.params, batch_sharding=batch_sharding(mesh), mesh=mesh)
+    eval_batch = {"image": batch["image"], "label": batch["label"], "mask": jnp.ones((4,), jnp.float32)}
+    a, b = eval_step(state.params, eval_batch), eval_step(state.params, eval_batch)
+    assert float(a["count"]) == 4 and float(a["loss"]) == float(b["loss"])

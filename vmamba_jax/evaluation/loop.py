@@ -44,7 +44,9 @@ class Evaluator:
         self.variables = jax.device_put(variables, self.replicated)
 
         def forward(variables, images):
-            return model.apply(variables, images, train=False).astype(jnp.float32)
+            # A fixed "shortcut" key keeps faithful Res-VMamba deterministic here; other models ignore it.
+            return model.apply(variables, images, train=False,
+                               rngs={"shortcut": jax.random.PRNGKey(0)}).astype(jnp.float32)
 
         def step(variables, images, labels, mask):
             return masked_sums(forward(variables, images), labels, mask)

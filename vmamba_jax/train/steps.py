@@ -26,7 +26,9 @@ def make_train_step(model, tx, schedule, cfg, *, num_classes: int, state_shardin
     aug, accum, ema_decay = cfg.aug, int(cfg.optim.grad_accum_steps), float(cfg.ema_decay)
 
     def loss_fn(params, images, targets, rng):
-        logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+        # "shortcut" feeds Res-VMamba's faithful mode (a fresh random projection per call); other models ignore it.
+        rngs = {"dropout": rng, "shortcut": jax.random.fold_in(rng, 1)}
+        logits = model.apply({"params": params}, images, train=True, rngs=rngs)
         return soft_target_cross_entropy(logits, targets).mean()
 
     def step(state: TrainState, batch):
@@ -65,7 +67,9 @@ def make_eval_step(model, *, params_sharding, batch_sharding, mesh):
     """Returns jitted `eval_step(params, batch) -> sums` over the masked batch: top1, top5, loss (plain CE), count."""
 
     def step(params, batch):
-        logits = model.apply({"params": params}, batch["image"], train=False).astype(jnp.float32)
+        # A fixed "shortcut" key keeps evaluation of faithful Res-VMamba deterministic; other models ignore it.
+        logits = model.apply({"params": params}, batch["image"], train=False,
+                             rngs={"shortcut": jax.random.PRNGKey(0)}).astype(jnp.float32)
         mask, labels = batch["mask"], batch["label"]
         ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
         return {"top1": jnp.sum(topk_correct(logits, labels, 1) * mask),
