@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import optax
 
 from vmamba_jax.data.mixup import mixup_cutmix
-from vmamba_jax.train.loss import soft_target_cross_entropy, topk_correct
+from vmamba_jax.evaluation.metrics import masked_sums
+from vmamba_jax.train.loss import soft_target_cross_entropy
 from vmamba_jax.train.mesh import replicated
 from vmamba_jax.train.state import TrainState, ema_update
 
@@ -69,11 +70,7 @@ def make_eval_step(model, *, params_sharding, batch_sharding, mesh):
     def step(params, batch):
         # A fixed "shortcut" key keeps evaluation of faithful Res-VMamba deterministic; other models ignore it.
         logits = model.apply({"params": params}, batch["image"], train=False,
-                             rngs={"shortcut": jax.random.PRNGKey(0)}).astype(jnp.float32)
-        mask, labels = batch["mask"], batch["label"]
-        ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
-        return {"top1": jnp.sum(topk_correct(logits, labels, 1) * mask),
-                "top5": jnp.sum(topk_correct(logits, labels, 5) * mask),
-                "loss": jnp.sum(ce * mask), "count": jnp.sum(mask)}
+                             rngs={"shortcut": jax.random.PRNGKey(0)})
+        return masked_sums(logits, batch["label"], batch["mask"])  # the same metric eval.py reports
 
     return jax.jit(step, in_shardings=(params_sharding, batch_sharding), out_shardings=replicated(mesh))
