@@ -93,7 +93,8 @@ def main():
     p.add_argument("--timeout_s", type=float, default=300, help="per model and implementation")
     p.add_argument("--out_dir", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one model, print JSON
-    p.add_argument("--impl", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--impl", default=None,
+                   help="scan implementation tried first (default: auto); 'associative' is the fallback")
     a = p.parse_args()
     if a.one:
         print("RESULT " + json.dumps(measure(a.one, a.batch, a.steps, a.warmup, a.impl, a.resolution, a.dtype)))
@@ -106,7 +107,7 @@ def main():
     for key in a.models.split(","):
         name, target = MODELS[key]
         row = {"model": name, "batch": a.batch, "resolution": a.resolution, "dtype": a.dtype}
-        for impl in (None, "associative"):
+        for impl in dict.fromkeys((a.impl, "associative")):
             cmd = [sys.executable, __file__, "--one", name, "--batch", str(a.batch), "--steps", str(a.steps),
                    "--warmup", str(a.warmup), "--dtype", a.dtype, "--resolution", str(a.resolution)]
             if impl:

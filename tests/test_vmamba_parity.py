@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pallas_kernels.selective_scan import available_implementations
 from tests.conftest import load_parity, official_kwargs, rel_err
 from vmamba_jax import VSSM
 from vmamba_jax.convert import load_torch_checkpoint, to_torch_state_dict
@@ -21,12 +22,13 @@ from vmamba_jax.convert import load_torch_checkpoint, to_torch_state_dict
 LOGIT_TOL = 1e-4   # issue bar; observed ~1e-6
 GRAD_TOL = 1e-3    # issue bar; observed ~5e-6
 
-CASES = [
-    ("vmamba_v3_small", "associative"),  # released v2 architecture (v05_noz, d_state 1, ssm_ratio 1)
-    ("vmamba_v3_small", "xla"),
-    ("vmamba_v2_small", "associative"),  # ssm_ratio 2
-    ("vmamba_v0_small", "associative"),  # vanilla: v0 forward (gated, d_state 16), PatchMerging, no MLP
-]
+# Every scan implementation that runs on this platform (CPU: associative and xla; H100: also pallas_mosaic_gpu).
+IMPLS = [i for i in available_implementations() if i != "xla"]
+CASES = [("vmamba_v3_small", "xla")] + [
+    (name, impl) for impl in IMPLS
+    for name in ("vmamba_v3_small",   # released v2 architecture (v05_noz, d_state 1, ssm_ratio 1)
+                 "vmamba_v2_small",   # ssm_ratio 2
+                 "vmamba_v0_small")]  # vanilla: v0 forward (gated, d_state 16), PatchMerging, no MLP
 
 
 @functools.lru_cache(maxsize=None)

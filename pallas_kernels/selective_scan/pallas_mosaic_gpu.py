@@ -333,7 +333,10 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     tl_f = seq_tile or _pick_tile(FWD_SEQ_TILE, d_state)
     tl_b = bwd_seq_tile or _pick_tile(BWD_SEQ_TILE, d_state)
     step = math.lcm(tl_f, tl_b)
-    lp = step * math.ceil(length / step)
+    # At least two sequence tiles: with a one-step grid `emit_pipeline` treats every block as index-invariant and
+    # takes another copy path, which crashed (CUDA illegal address) for a 128-channel tile at a nonzero offset
+    # (L=37, C=192 in benchmarks/results/gpu_kernel_tests_h100.md). Padded steps are neutral, so this costs only time.
+    lp = step * max(2, math.ceil(length / step))
     dp = LANES * math.ceil(per_group / LANES)
 
     def seq(x):  # (batch, K*D, L) -> (batch*K, Lp, Dp), channel-minor, zero padded
