@@ -6,7 +6,7 @@ in a fresh subprocess (this pytest process has already imported jax). Two layout
   * data x direction parallel: batch over a 2-way "data" axis and the K = 4 scan directions over a 4-way "dir" axis
     (u/delta channels K*D, A/D/delta_bias rows K*D and the B/C group axis K all split by direction).
 Each is checked for the selective scan (associative and the TPU kernel in interpret mode) forward and grad, and the
-SS2D core (batch sharded).
+SS2D core (batch sharded; the reference composition and the fused TPU core in interpret mode).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ SCRIPT = textwrap.dedent("""
     from pallas_kernels.selective_scan import selective_scan
     from pallas_kernels.selective_scan import pallas_mosaic_tpu
     from pallas_kernels.ss2d import ss2d_core
+    from pallas_kernels.ss2d import pallas_mosaic_tpu as fused_tpu
 
     assert jax.device_count() == 8, jax.devices()
     batch, K, D, N, L = 8, 4, 8, 4, 40
@@ -76,21 +77,23 @@ SCRIPT = textwrap.dedent("""
     params = (0.3 * jax.random.normal(kx[1], (4, R + 2 * N, Dm)), 0.5 * jax.random.normal(kx[2], (4, Dm, R)),
               0.5 * jax.random.normal(kx[3], (4, Dm)), jnp.log(jnp.tile(jnp.arange(1., N + 1), (4 * Dm, 1))),
               jnp.ones((4 * Dm,)))
-    core = lambda x, *p: ss2d_core(x, *p, implementation="associative")
-    y0 = jax.jit(core)(x, *params)
-    mesh = jax.make_mesh((8,), ("data",))
-    sharded = jax.shard_map(core, mesh=mesh, in_specs=(P("data"),) + (P(),) * 5, out_specs=P("data"),
-                            check_vma=False)
-    with jax.set_mesh(mesh):
-        xs = jax.device_put(x, NamedSharding(mesh, P("data")))
-        ps = [jax.device_put(p, NamedSharding(mesh, P())) for p in params]
-        y1 = jax.jit(sharded)(xs, *ps)
-        gx = jax.jit(jax.grad(lambda x, *p: jnp.sum(sharded(x, *p) ** 2), range(6)))(xs, *ps)
-    gx0 = jax.jit(jax.grad(lambda x, *p: jnp.sum(core(x, *p) ** 2), range(6)))(x, *params)
-    err = float(jnp.abs(y1 - y0).max())
-    gerr = max(float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-6)) for a, b in zip(gx, gx0))
-    print(f"RESULT ss2d_core data fwd {err:.3e} grad {gerr:.3e}", flush=True)
-    assert err < 1e-5 and gerr < 1e-5
+    cores = {"associative": lambda x, *p: ss2d_core(x, *p, implementation="associative"),
+             "fused_mosaic_tpu": lambda x, *p: fused_tpu.ss2d_core(x, *p, interpret=True)}
+    for cname, core in cores.items():
+        y0 = jax.jit(core)(x, *params)
+        mesh = jax.make_mesh((8,), ("data",))
+        sharded = jax.shard_map(core, mesh=mesh, in_specs=(P("data"),) + (P(),) * 5, out_specs=P("data"),
+                                check_vma=False)
+        with jax.set_mesh(mesh):
+            xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+            ps = [jax.device_put(p, NamedSharding(mesh, P())) for p in params]
+            y1 = jax.jit(sharded)(xs, *ps)
+            gx = jax.jit(jax.grad(lambda x, *p: jnp.sum(sharded(x, *p) ** 2), range(6)))(xs, *ps)
+        gx0 = jax.jit(jax.grad(lambda x, *p: jnp.sum(core(x, *p) ** 2), range(6)))(x, *params)
+        err = float(jnp.abs(y1 - y0).max())
+        gerr = max(float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-6)) for a, b in zip(gx, gx0))
+        print(f"RESULT ss2d_core {cname} data fwd {err:.3e} grad {gerr:.3e}", flush=True)
+        assert err < 1e-5 and gerr < 1e-5
     print("ALL OK")
 """)
 
@@ -104,4 +107,4 @@ def test_scan_ops_under_shard_map_match_unsharded():
     results = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert proc.returncode == 0 and "ALL OK" in proc.stdout, (
         "\n".join(results) + "\n" + proc.stdout[-2000:] + proc.stderr[-4000:])
-    assert len(results) == 5
+    assert len(results) == 6
