@@ -116,3 +116,19 @@ def test_bf16_block_is_finite_and_close_to_fp32(forward_type):
     np.testing.assert_allclose(np.asarray(y16, np.float32), y32, atol=0.05 * float(np.abs(y32).max()))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
     assert all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grads))   # params stay fp32
+
+
+def test_backbone_features_and_classifier_weights_load():
+    from vmamba_jax.convert import load_torch_checkpoint, to_torch_state_dict
+    kw = dict(dims=16, depths=(1, 1, 1, 1))
+    backbone = vmamba_jax.create_model("msvmamba_v3_tiny", features_only=True, **kw)
+    x = jnp.ones((1, 64, 96, 3))
+    variables = jax.jit(backbone.init)(jax.random.key(0), x)
+    feats = jax.jit(backbone.apply)(variables, x)
+    assert [f.shape for f in feats] == [(1, 16, 24, 16), (1, 8, 12, 32), (1, 4, 6, 64), (1, 2, 3, 128)]
+    assert "classifier" not in variables["params"] and "outnorm3" in variables["params"]
+    # A classification state_dict (no outnorms, a classifier head) loads as Backbone_VSSM.load_pretrained does.
+    sd = {k: v + 1 for k, v in to_torch_state_dict(variables, backbone).items() if not k.startswith("outnorm")}
+    sd["classifier.head.weight"] = np.zeros((10, 128), np.float32)
+    loaded = load_torch_checkpoint(sd, backbone, exclude=("outnorm",), ignore_unexpected=("classifier.",))
+    np.testing.assert_array_equal(loaded["params"]["layers_2"]["blocks_0"]["op"]["Ds"], sd["layers.2.blocks.0.op.Ds"])

@@ -164,3 +164,19 @@ def test_faithful_mode_runs_through_the_train_and_eval_steps():
     eval_batch = {"image": batch["image"], "label": batch["label"], "mask": jnp.ones((4,), jnp.float32)}
     a, b = eval_step(state.params, eval_batch), eval_step(state.params, eval_batch)
     assert float(a["count"]) == 4 and float(a["loss"]) == float(b["loss"])
+
+
+def test_backbone_keeps_the_stage_shortcuts():
+    kw = dict(dims=16, depths=(1, 1, 1, 1))
+    backbone = vmamba_jax.create_model("resvmamba_small", features_only=True, **kw)
+    x = jnp.ones((1, 64, 96, 3))
+    variables = jax.jit(backbone.init)(jax.random.key(0), x)
+    feats = jax.jit(backbone.apply)(variables, x)
+    assert [f.shape for f in feats] == [(1, 16, 24, 16), (1, 8, 12, 32), (1, 4, 6, 64), (1, 2, 3, 128)]
+    assert {"shortcut_0", "shortcut_1", "shortcut_2", "outnorm0"} <= set(variables["params"])
+    # Stage 1 sees the shortcut: zeroing it changes the stage-1 features but not stage 0's.
+    params = jax.tree_util.tree_map(lambda a: a, variables["params"])
+    params["shortcut_0"] = jax.tree_util.tree_map(jnp.zeros_like, params["shortcut_0"])
+    feats0 = jax.jit(backbone.apply)({"params": params}, x)
+    np.testing.assert_array_equal(feats0[0], feats[0])
+    assert not np.allclose(feats0[1], feats[1])

@@ -262,7 +262,8 @@ def load_torch_checkpoint(source, model: nn.Module, *, ema: bool = False, exclud
         raise CheckpointMismatchError(_format_error(model, missing, unexpected, mismatched, guess))
     if exclude:
         x = jnp.zeros((1, 64, 64, getattr(model, "in_chans", 3)), jnp.float32)
-        fresh = flatten_dict(model.init(rng if rng is not None else jax.random.key(0), x)["params"])
+        # jit: an eager init of a deep model runs op by op (38 s for MSVMamba on CPU against 17 s compiled).
+        fresh = flatten_dict(jax.jit(model.init)(rng if rng is not None else jax.random.key(0), x)["params"])
         for path in target:
             if torch_key(path).startswith(exclude):
                 flat[path] = fresh[path]

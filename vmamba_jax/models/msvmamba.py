@@ -41,7 +41,7 @@ from vmamba_jax.models.layers import Conv, Dense, DropPath, LayerNorm, activatio
 from vmamba_jax.models.registry import register_model
 from vmamba_jax.models.ss2d import (A_logs_init, dt_projs_bias_init, dt_projs_weight_init, resolve_dt_rank,
                                     x_proj_init)
-from vmamba_jax.models.vmamba import VSSM
+from vmamba_jax.models.vmamba import VSSM, VSSMBackbone
 
 Dtype = Any
 K = 2  # parameter sets: one full-res route, one (concatenated) low-res route
@@ -330,6 +330,11 @@ class MSVSSM(VSSM):
         ).items())
 
 
+class MSVSSMBackbone(VSSMBackbone, MSVSSM):
+    """MSVMamba as a backbone (detection / segmentation): `VSSMBackbone`'s pre-downsample stage features at strides
+    4/8/16/32 (with `outnorm{i}`), computed by MSVSSM's MS3 stages. `create_model(name, features_only=True)`."""
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Released variants (spec derivatives.md section 2). Keyword names are the official VSSM's.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -346,37 +351,37 @@ _V3_COMMON = dict(  # branch v2, classification/configs/msv2/msvmambav3_*_224.ya
 )
 
 
-@register_model("msvmamba_nano", MSVSSM, params=6_864_136, top1=77.3)
+@register_model("msvmamba_nano", MSVSSM, backbone_cls=MSVSSMBackbone, params=6_864_136, top1=77.3)
 def msvmamba_nano():
     """MSVMamba-Nano (master, vssm_nano_224_ms)."""
     return dict(_V1_COMMON, dims=48, depths=(1, 2, 5, 2))
 
 
-@register_model("msvmamba_micro", MSVSSM, params=11_879_272, top1=79.8)
+@register_model("msvmamba_micro", MSVSSM, backbone_cls=MSVSSMBackbone, params=11_879_272, top1=79.8)
 def msvmamba_micro():
     """MSVMamba-Micro (master, vssm_micro_224_ms)."""
     return dict(_V1_COMMON, dims=64, depths=(1, 2, 5, 2))
 
 
-@register_model("msvmamba_tiny", MSVSSM, params=33_046_312, top1=82.8)
+@register_model("msvmamba_tiny", MSVSSM, backbone_cls=MSVSSMBackbone, params=33_046_312, top1=82.8)
 def msvmamba_tiny():
     """MSVMamba-Tiny (master, vssm_tiny_224_ms; the code builds 33.05M, the yaml comment says 33.08M)."""
     return dict(_V1_COMMON, dims=96, depths=(1, 2, 9, 2))
 
 
-@register_model("msvmamba_v3_tiny", MSVSSM, params=32_263_720, top1=83.0)
+@register_model("msvmamba_v3_tiny", MSVSSM, backbone_cls=MSVSSMBackbone, params=32_263_720, top1=83.0)
 def msvmamba_v3_tiny():
     """MSVMambav3-Tiny (branch v2, msvmambav3_tiny_224)."""
     return dict(_V3_COMMON, dims=96, depths=(2, 2, 9, 2), drop_path_rate=0.2)
 
 
-@register_model("msvmamba_v3_small", MSVSSM, params=50_216_296, top1=84.1)
+@register_model("msvmamba_v3_small", MSVSSM, backbone_cls=MSVSSMBackbone, params=50_216_296, top1=84.1)
 def msvmamba_v3_small():
     """MSVMambav3-Small (branch v2, msvmambav3_small_224)."""
     return dict(_V3_COMMON, dims=96, depths=(2, 3, 20, 2), drop_path_rate=0.4)
 
 
-@register_model("msvmamba_v3_base", MSVSSM, params=90_591_976, top1=84.4)
+@register_model("msvmamba_v3_base", MSVSSM, backbone_cls=MSVSSMBackbone, params=90_591_976, top1=84.4)
 def msvmamba_v3_base():
     """MSVMambav3-Base (branch v2, msvmambav3_base_224; keeps the SiLU(z) gate: forward_type 'vms')."""
     return dict(_V3_COMMON, dims=128, depths=(2, 4, 18, 2), forward_type="vms", drop_path_rate=0.5)

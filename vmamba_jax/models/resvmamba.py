@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from vmamba_jax.models.layers import Conv
 from vmamba_jax.models.registry import get_entry, register_model
-from vmamba_jax.models.vmamba import VSSM
+from vmamba_jax.models.vmamba import VSSM, VSSMBackbone
 
 SHORTCUT_RNG = "shortcut"
 
@@ -80,7 +80,12 @@ class ResVSSM(VSSM):
         return stage_output + self._shortcut(i, stage_input, self.stage_dims[i + 1]).astype(stage_output.dtype)
 
 
-@register_model("resvmamba_small", ResVSSM, params=44_805_832, top1=79.54)
+class ResVSSMBackbone(VSSMBackbone, ResVSSM):
+    """Res-VMamba as a backbone: `VSSMBackbone`'s pre-downsample stage features (strides 4/8/16/32, `outnorm{i}`);
+    the stage shortcuts feed the next stage as in the classifier. `create_model(name, features_only=True)`."""
+
+
+@register_model("resvmamba_small", ResVSSM, backbone_cls=ResVSSMBackbone, params=44_805_832, top1=79.54)
 def resvmamba_small():
     """Res-VMamba-S: VMamba-S v0 (vssm_small_224: dims 96, depths [2,2,27,2], d_state 16, no MLP, PatchMerging,
     drop path 0.3) plus the stage shortcut, learned (`faithful=False`, 44,805,832 params with a 1000-way head);
