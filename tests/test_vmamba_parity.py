@@ -29,6 +29,8 @@ CASES = [("vmamba_v3_small", "xla")] + [
     for name in ("vmamba_v3_small",   # released v2 architecture (v05_noz, d_state 1, ssm_ratio 1)
                  "vmamba_v2_small",   # ssm_ratio 2
                  "vmamba_v0_small")]  # vanilla: v0 forward (gated, d_state 16), PatchMerging, no MLP
+# The fused SS2D core (in Pallas' interpreter off-TPU) on the released architecture.
+CASES.append(("vmamba_v3_small", "fused_mosaic_tpu"))
 
 
 @functools.lru_cache(maxsize=None)

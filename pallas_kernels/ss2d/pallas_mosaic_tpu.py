@@ -236,11 +236,14 @@ def _core_bwd(h, w, interpret, res, dy):
 _core.defvjp(_core_fwd, _core_bwd)
 
 
-def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *, interpret=False):
+def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *, interpret=None):
     """Same contract as `reference.ss2d_core_reference`: x (B, H, W, D) -> y (B, H, W, D) fp32; differentiable.
 
-    `interpret=True` runs Pallas' interpreter: the way to test it off-TPU.
+    `interpret` (default: True off-TPU) runs Pallas' interpreter, so asking for this core by name works on any
+    backend, slowly; "auto" picks it only where `is_supported()`.
     """
+    if interpret is None:
+        interpret = not is_supported()
     b, h, w, d = x.shape
     n = A_logs.shape[-1]
 
