@@ -64,6 +64,13 @@ def _projections(X, wx, wdt, bias, r, n):
     return delta, dsp, Bt, Ct, dt_low
 
 
+def _advance(state, p, A, x_ref, dl_s, b_s):
+    """One scan step at pixel p: h = exp(dt A) h + dt u B. Returns (h (N, D), dt (1, D), u (1, D))."""
+    dt = dl_s[pl.ds(p, 1), :]
+    u = x_ref[pl.ds(p, 1), :].astype(f32)
+    return jnp.exp(dt * A) * state + (dt * u) * b_s[:, pl.ds(p, 1)], dt, u
+
+
 # ------------------------------------------------------------------------------------------------ kernels
 
 def _fwd_kernel(x_ref, wx_ref, wdt_ref, bias_ref, a_ref, d_ref, y_ref, *rest, h, w, r, save_states):
@@ -84,9 +91,7 @@ def _fwd_kernel(x_ref, wx_ref, wdt_ref, bias_ref, a_ref, d_ref, y_ref, *rest, h,
 
             def step(i, state):
                 p = _position(k, c * h + i, h, w)
-                dt = dl_s[pl.ds(p, 1), :]                                      # (1, D)
-                u = x_ref[pl.ds(p, 1), :].astype(f32)
-                state = jnp.exp(dt * A) * state + (dt * u) * b_s[:, pl.ds(p, 1)]  # (N, D)
+                state, _, u = _advance(state, p, A, x_ref, dl_s, b_s)
                 y_ref[pl.ds(p, 1), :] += jnp.sum(state * c_s[:, pl.ds(p, 1)], axis=0, keepdims=True) + Dk * u
                 return state
 
@@ -113,10 +118,7 @@ def _bwd_kernel(x_ref, wx_ref, wdt_ref, bias_ref, a_ref, d_ref, hs_ref, dy_ref,
             st_s[0] = hs_ref[k, c]
 
             def recompute(i, state):
-                p = _position(k, c * h + i, h, w)
-                dt = dl_s[pl.ds(p, 1), :]
-                u = x_ref[pl.ds(p, 1), :].astype(f32)
-                state = jnp.exp(dt * A) * state + (dt * u) * b_s[:, pl.ds(p, 1)]
+                state = _advance(state, _position(k, c * h + i, h, w), A, x_ref, dl_s, b_s)[0]
                 st_s[i + 1] = state
                 return state
 
