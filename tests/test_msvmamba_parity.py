@@ -55,6 +55,10 @@ def state_dict_of(arrays: dict) -> dict:
     return {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
 
 
+# A fixture's logits and gradient tests share one cached run: `--dist loadgroup` keeps them on one xdist worker.
+GROUPED = [pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in FIXTURES]
+
+
 @functools.lru_cache(maxsize=None)
 def _run(name: str):
     # The lax.scan reference compiles much faster on CPU than the chunked associative scan; the scan
@@ -74,7 +78,7 @@ def _run(name: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(FIXTURES))
+@pytest.mark.parametrize("name", GROUPED)
 def test_logits_and_stage_outputs(name):
     arrays, meta, variables, logits, feats, _ = _run(name)
     assert vmamba_jax.count_params(variables) == meta["n_params"]
@@ -86,7 +90,7 @@ def test_logits_and_stage_outputs(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(FIXTURES))
+@pytest.mark.parametrize("name", GROUPED)
 def test_parameter_gradients(name):
     arrays, _, _, _, _, grads = _run(name)
     expected = {k[len("grad/"):]: v for k, v in arrays.items() if k.startswith("grad/")}

@@ -31,6 +31,8 @@ CASES = [("vmamba_v3_small", "xla")] + [
                  "vmamba_v0_small")]  # vanilla: v0 forward (gated, d_state 16), PatchMerging, no MLP
 # The fused SS2D core (in Pallas' interpreter off-TPU) on the released architecture.
 CASES.append(("vmamba_v3_small", "fused_mosaic_tpu"))
+# A case's logits and gradient tests share one cached run: `--dist loadgroup` keeps them on one xdist worker.
+CASES = [pytest.param(*case, marks=pytest.mark.xdist_group("-".join(case))) for case in CASES]
 
 
 @functools.lru_cache(maxsize=None)
