@@ -19,6 +19,13 @@ def device_name() -> str:
     return getattr(d, "device_kind", d.platform).replace(" ", "_")
 
 
+def device_tag() -> tuple[str, str]:
+    """(device kind, short tag for result file names): ("NVIDIA H100 80GB HBM3", "h100"), ("cpu", "cpu")."""
+    kind = jax.devices()[0].device_kind
+    tag = "cpu" if jax.devices()[0].platform == "cpu" else kind.lower().replace("nvidia", "").strip().split()[0]
+    return kind, tag
+
+
 def environment() -> dict:
     return dict(device=jax.devices()[0].device_kind, platform=jax.default_backend(), jax_version=jax.__version__,
                 python=platform.python_version(), date=datetime.date.today().isoformat(),

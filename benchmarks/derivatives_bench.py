@@ -101,8 +101,9 @@ def main():
 
     import jax
 
-    kind = jax.devices()[0].device_kind
-    tag = "cpu" if jax.devices()[0].platform == "cpu" else kind.lower().replace("nvidia", "").strip().split()[0]
+    from benchmarks.common import device_tag
+
+    kind, tag = device_tag()
     rows, t_start = [], time.perf_counter()
     for name in a.models.split(","):
         left = a.budget_s - (time.perf_counter() - t_start)

@@ -138,8 +138,9 @@ def main():
     rows = [json.loads(line) for line in open(os.path.join(a.workdir, "metrics.jsonl"))]
     evals = [r for r in rows if "eval/top1" in r]
     train_rows = [r for r in rows if math.isfinite(r.get("train/img_per_s", float("nan")))]
-    kind = jax.devices()[0].device_kind
-    tag = "cpu" if jax.devices()[0].platform == "cpu" else kind.lower().replace("nvidia", "").strip().split()[0]
+    from benchmarks.common import device_tag
+
+    kind, tag = device_tag()
     from pallas_kernels.ss2d import resolve_implementation
 
     result = {

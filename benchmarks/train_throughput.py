@@ -74,14 +74,6 @@ def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, re
             "impl": resolve_implementation(impl), "params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
 
 
-def device_tag() -> tuple[str, str]:
-    import jax
-
-    kind = jax.devices()[0].device_kind
-    tag = "cpu" if jax.devices()[0].platform == "cpu" else kind.lower().replace("nvidia", "").strip().split()[0]
-    return kind, tag
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="T,S,B")
@@ -101,6 +93,8 @@ def main():
         return
 
     import jax
+
+    from benchmarks.common import device_tag
 
     kind, tag = device_tag()
     rows = []
