@@ -232,11 +232,14 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *,
-                   interpret=False, seq_tile: int | None = None, channel_tile: int | None = None):
+                   interpret=None, seq_tile: int | None = None, channel_tile: int | None = None):
     """Same contract as `reference.selective_scan_reference` (y fp32 (batch, K*D, L)); differentiable.
 
-    `interpret=True` (or a `pltpu.InterpretParams()`) runs Pallas' interpreter: the way to test it off-TPU.
+    `interpret` (default: True off-TPU; or a `pltpu.InterpretParams()`) runs Pallas' interpreter, so asking for this
+    kernel by name works on any backend, slowly; "auto" picks it only where `is_supported()`.
     """
+    if interpret is None:
+        interpret = not is_supported()
     batch, channels, length, groups, d_state = check_inputs(u, delta, A, B, C, D, delta_bias)
     per_group = channels // groups
     tl = seq_tile or DEFAULT_SEQ_TILE
