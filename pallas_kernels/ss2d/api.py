@@ -23,7 +23,8 @@ _FUSED: dict[str, str] = {  # name -> module path
     "fused_mosaic_tpu": "pallas_kernels.ss2d.pallas_mosaic_tpu",
 }
 # "auto" picks only fused kernels verified on the hardware itself. fused_mosaic_tpu is so far verified in Pallas'
-# interpreter only (tests/test_ss2d_fused.py), so on a TPU it is opt-in by name until it has run on one.
+# interpreter only (tests/test_ss2d_fused.py), and its whole-image VMEM blocks bound the input size, so on a TPU it
+# is opt-in by name until it has run on one (and learnt to fall back above that size).
 AUTO_ORDER = {"gpu": (), "tpu": (), "cpu": ()}
 _announced: set[tuple[str, str]] = set()
 

@@ -17,6 +17,10 @@ kernel per image with nothing of size (K, L, D) ever written to HBM:
   back in time carrying dh, and then runs the projections' backward on the MXU; parameter gradients are per image
   (a leading batch axis summed outside), dx is accumulated over the four directions in place.
 
+Size limit: a grid step holds whole images, about 4 (forward) and 8 (backward) fp32 buffers of L x D plus the
+chunk states: ~10 MB at VMamba-T's 224 px stage 1, but ~25 MB *per buffer* at 1024 px. So the core is for
+classification-sized inputs; the reference composition (or a spatially tiled kernel, not written) serves the rest.
+
 All math is fp32 whatever the input dtype (bf16 activations are cast on load, dx is cast back). On CPU the kernel runs
 in Pallas' interpreter (`interpret=True`), which is how CI tests it.
 """
