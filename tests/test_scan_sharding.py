@@ -6,7 +6,8 @@ in a fresh subprocess (this pytest process has already imported jax). Two layout
   * data x direction parallel: batch over a 2-way "data" axis and the K = 4 scan directions over a 4-way "dir" axis
     (u/delta channels K*D, A/D/delta_bias rows K*D and the B/C group axis K all split by direction).
 Each is checked for the selective scan (associative and the TPU kernel in interpret mode) forward and grad, and the
-SS2D core (batch sharded; the reference composition and the fused TPU core in interpret mode).
+SS2D core (the reference composition and the fused TPU core in interpret mode), data parallel and data x direction
+parallel (`ss2d_core_direction_parallel`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ SCRIPT = textwrap.dedent("""
     from jax.sharding import NamedSharding, PartitionSpec as P
     from pallas_kernels.selective_scan import selective_scan
     from pallas_kernels.selective_scan import pallas_mosaic_tpu
-    from pallas_kernels.ss2d import ss2d_core
+    from pallas_kernels.ss2d import ss2d_core, ss2d_core_direction_parallel
     from pallas_kernels.ss2d import pallas_mosaic_tpu as fused_tpu
 
     assert jax.device_count() == 8, jax.devices()
@@ -94,6 +95,21 @@ SCRIPT = textwrap.dedent("""
         gerr = max(float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-6)) for a, b in zip(gx, gx0))
         print(f"RESULT ss2d_core {cname} data fwd {err:.3e} grad {gerr:.3e}", flush=True)
         assert err < 1e-5 and gerr < 1e-5
+
+        # Data x direction parallel: batch over "data", the four scan orders' parameters over "dir".
+        impl = "associative" if cname == "associative" else "fused_mosaic_tpu"
+        mesh = jax.make_mesh((2, 4), ("data", "dir"))
+        dp = lambda x, *p: ss2d_core_direction_parallel(x, *p, axis_name="dir", implementation=impl)
+        specs = (P("data"),) + (P("dir"),) * 5
+        sharded = jax.shard_map(dp, mesh=mesh, in_specs=specs, out_specs=P("data"), check_vma=False)
+        with jax.set_mesh(mesh):
+            sargs = [jax.device_put(a, NamedSharding(mesh, sp)) for a, sp in zip((x,) + params, specs)]
+            y1 = jax.jit(sharded)(*sargs)
+            gx = jax.jit(jax.grad(lambda x, *p: jnp.sum(sharded(x, *p) ** 2), range(6)))(*sargs)
+        err = float(jnp.abs(y1 - y0).max())
+        gerr = max(float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-6)) for a, b in zip(gx, gx0))
+        print(f"RESULT ss2d_core {cname} data_x_dir fwd {err:.3e} grad {gerr:.3e}", flush=True)
+        assert err < 1e-5 and gerr < 1e-5
     print("ALL OK")
 """)
 
@@ -107,4 +123,4 @@ def test_scan_ops_under_shard_map_match_unsharded():
     results = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert proc.returncode == 0 and "ALL OK" in proc.stdout, (
         "\n".join(results) + "\n" + proc.stdout[-2000:] + proc.stderr[-4000:])
-    assert len(results) == 6
+    assert len(results) == 8

@@ -8,6 +8,7 @@ None/"auto" prefers a supported fused kernel for the platform, else the selectiv
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 
@@ -15,7 +16,7 @@ import jax
 
 from pallas_kernels.selective_scan import IMPLEMENTATIONS as SCAN_IMPLEMENTATIONS
 from pallas_kernels.selective_scan import resolve_implementation as resolve_scan_implementation
-from pallas_kernels.ss2d.reference import ss2d_core_reference
+from pallas_kernels.ss2d.reference import ALL_DIRECTIONS, ss2d_core_reference
 
 logger = logging.getLogger("pallas_kernels")
 
@@ -55,11 +56,34 @@ def resolve_implementation(implementation: str | None = None) -> str:
     return picked
 
 
-def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *, implementation=None):
-    """Cross-scan + selective scan + cross-merge of x (B, H, W, D); returns y (B, H, W, D) fp32 (see reference.py)."""
+def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *, implementation=None,
+              directions: tuple[int, ...] = ALL_DIRECTIONS):
+    """Cross-scan + selective scan + cross-merge of x (B, H, W, D); returns y (B, H, W, D) fp32 (see reference.py).
+    `directions` names the scan orders the parameters belong to (default all four)."""
     name = resolve_implementation(implementation)
     if name in _FUSED:
         fn = importlib.import_module(_FUSED[name]).ss2d_core
-        return fn(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+        return fn(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, directions=directions)
     return ss2d_core_reference(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds,
-                               scan_implementation=name)
+                               scan_implementation=name, directions=directions)
+
+
+def ss2d_core_direction_parallel(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *, axis_name: str,
+                                 implementation=None):
+    """Direction parallelism, for use inside `jax.shard_map`: the K = 4 scan orders split over mesh axis `axis_name`.
+
+    Each device holds the full x and its K/n directions' slice of every parameter (x_proj_weight, dt_projs_weight,
+    dt_projs_bias sharded on their leading K axis; A_logs and Ds on their K*D axis), computes the merged sum of its
+    own orders, and the parts are summed over the axis. The orders are static per kernel, so the n variants are
+    compiled and `lax.switch` on the device's axis index picks its own.
+    """
+    n = jax.lax.psum(1, axis_name)
+    if len(ALL_DIRECTIONS) % n:
+        raise ValueError(f"ss2d_core_direction_parallel: {len(ALL_DIRECTIONS)} directions do not split over "
+                         f"{n} devices on axis {axis_name!r}; use 1, 2 or 4")
+    per = len(ALL_DIRECTIONS) // n
+    branches = [functools.partial(ss2d_core, implementation=implementation,
+                                  directions=ALL_DIRECTIONS[i * per:(i + 1) * per]) for i in range(n)]
+    args = (x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    part = jax.lax.switch(jax.lax.axis_index(axis_name), [lambda a, f=f: f(*a) for f in branches], args)
+    return jax.lax.psum(part, axis_name)

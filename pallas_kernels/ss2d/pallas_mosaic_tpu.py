@@ -35,9 +35,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.selective_scan.pallas_mosaic_tpu import _softplus_and_grad
+from pallas_kernels.ss2d.reference import ALL_DIRECTIONS
 
 f32 = jnp.float32
-K = 4
 
 
 def is_supported() -> bool:
@@ -77,21 +77,21 @@ def _advance(state, p, A, x_ref, dl_s, b_s):
 
 # ------------------------------------------------------------------------------------------------ kernels
 
-def _fwd_kernel(x_ref, wx_ref, wdt_ref, bias_ref, a_ref, d_ref, y_ref, *rest, h, w, r, save_states):
-    """Blocks: x, y (L, D); wx (K, R+2N, D); wdt (K, D, R); bias, d (K, 1, D); a (K, N, D);
-    hs (K, L/H, N, D) if save_states: the state entering each chunk of H steps."""
+def _fwd_kernel(x_ref, wx_ref, wdt_ref, bias_ref, a_ref, d_ref, y_ref, *rest, h, w, r, directions, save_states):
+    """Blocks: x, y (L, D); wx (k, R+2N, D); wdt (k, D, R); bias, d (k, 1, D); a (k, N, D), for the k = len(directions)
+    scan orders `directions`; hs (k, L/H, N, D) if save_states: the state entering each chunk of H steps."""
     hs_ref, dl_s, b_s, c_s = rest if save_states else (None, *rest)
     n = a_ref.shape[1]
     X = x_ref[...].astype(f32)
     y_ref[...] = jnp.zeros_like(y_ref)
-    for k in range(K):
-        delta, _, Bt, Ct, _ = _projections(X, wx_ref[k], wdt_ref[k], bias_ref[k], r, n)
+    for j, k in enumerate(directions):  # j: this call's parameter slot, k: the scan order
+        delta, _, Bt, Ct, _ = _projections(X, wx_ref[j], wdt_ref[j], bias_ref[j], r, n)
         dl_s[...], b_s[...], c_s[...] = delta, Bt, Ct
-        A, Dk = a_ref[k], d_ref[k]
+        A, Dk = a_ref[j], d_ref[j]
 
-        def chunk(c, state, k=k, A=A, Dk=Dk):
+        def chunk(c, state, j=j, k=k, A=A, Dk=Dk):
             if save_states:
-                hs_ref[k, c] = state
+                hs_ref[j, c] = state
 
             def step(i, state):
                 p = _position(k, c * h + i, h, w)
@@ -106,20 +106,20 @@ def _fwd_kernel(x_ref, wx_ref, wdt_ref, bias_ref, a_ref, d_ref, y_ref, *rest, h,
 
 def _bwd_kernel(x_ref, wx_ref, wdt_ref, bias_ref, a_ref, d_ref, hs_ref, dy_ref,
                 dx_ref, dwx_ref, dwdt_ref, dbias_ref, da_ref, dd_ref,
-                dl_s, dsp_s, b_s, c_s, ddl_s, db_s, dc_s, st_s, *, h, w, r):
+                dl_s, dsp_s, b_s, c_s, ddl_s, db_s, dc_s, st_s, *, h, w, r, directions):
     """Reverse walk of each direction's chunks (W chunks of H steps); st_s[i + 1] holds the chunk's i-th state."""
     n, d = a_ref.shape[1], a_ref.shape[2]
     X = x_ref[...].astype(f32)
     dx_ref[...] = jnp.zeros_like(dx_ref)
-    for k in range(K):
-        wx, wdt = wx_ref[k], wdt_ref[k]
-        delta, dsp, Bt, Ct, dt_low = _projections(X, wx, wdt, bias_ref[k], r, n)
+    for j, k in enumerate(directions):
+        wx, wdt = wx_ref[j], wdt_ref[j]
+        delta, dsp, Bt, Ct, dt_low = _projections(X, wx, wdt, bias_ref[j], r, n)
         dl_s[...], dsp_s[...], b_s[...], c_s[...] = delta, dsp, Bt, Ct
-        A, Dk = a_ref[k], d_ref[k]
+        A, Dk = a_ref[j], d_ref[j]
 
-        def chunk(j, carry, k=k, A=A, Dk=Dk):
-            c = w - 1 - j
-            st_s[0] = hs_ref[k, c]
+        def chunk(i_chunk, carry, j=j, k=k, A=A, Dk=Dk):
+            c = w - 1 - i_chunk
+            st_s[0] = hs_ref[j, c]
 
             def recompute(i, state):
                 state = _advance(state, _position(k, c * h + i, h, w), A, x_ref, dl_s, b_s)[0]
@@ -150,16 +150,16 @@ def _bwd_kernel(x_ref, wx_ref, wdt_ref, bias_ref, a_ref, d_ref, hs_ref, dy_ref,
 
         zero_nd, zero_d = jnp.zeros((n, d), f32), jnp.zeros((1, d), f32)
         _, dA, dD = jax.lax.fori_loop(0, w, chunk, (zero_nd, zero_nd, zero_d))
-        da_ref[k], dd_ref[k] = dA, dD
+        da_ref[j], dd_ref[j] = dA, dD
 
         # The projections' backward, over the whole image on the MXU.
         ddl, db, dc = ddl_s[...], db_s[...], dc_s[...]                        # (L, D), (N, L), (N, L)
-        dbias_ref[k] = jnp.sum(ddl, axis=0, keepdims=True)
+        dbias_ref[j] = jnp.sum(ddl, axis=0, keepdims=True)
         d_low = _dot(ddl, wdt, ((1,), (0,)))                                   # (L, R)
-        dwdt_ref[k] = _dot(ddl, dt_low, ((0,), (0,)))                          # (D, R)
+        dwdt_ref[j] = _dot(ddl, dt_low, ((0,), (0,)))                          # (D, R)
         dx_ref[...] += (_dot(d_low, wx[:r], ((1,), (0,))) + _dot(db, wx[r:r + n], ((0,), (0,)))
                         + _dot(dc, wx[r + n:], ((0,), (0,))))
-        dwx_ref[k] = jnp.concatenate(
+        dwx_ref[j] = jnp.concatenate(
             [_dot(d_low, X, ((0,), (0,))), _dot(db, X, ((1,), (0,))), _dot(dc, X, ((1,), (0,)))], axis=0)
 
 
@@ -179,16 +179,16 @@ def _params_specs(wx, wdt, bias, A, Dk):
     return [_full(t.shape) for t in (wx, wdt, bias, A, Dk)]
 
 
-def _forward_call(x, wx, wdt, bias, A, Dk, *, h, w, save_states, interpret):
+def _forward_call(x, wx, wdt, bias, A, Dk, *, h, w, directions, save_states, interpret):
     batch, L, d = x.shape
-    n, r = A.shape[1], wdt.shape[2]
+    k, n, r = A.shape[0], A.shape[1], wdt.shape[2]
     out_specs = [_per_image((L, d))]
     out_shape = [jax.ShapeDtypeStruct((batch, L, d), f32)]
     if save_states:
-        out_specs.append(_per_image((K, w, n, d)))
-        out_shape.append(jax.ShapeDtypeStruct((batch, K, w, n, d), f32))
+        out_specs.append(_per_image((k, w, n, d)))
+        out_shape.append(jax.ShapeDtypeStruct((batch, k, w, n, d), f32))
     outs = pl.pallas_call(
-        functools.partial(_fwd_kernel, h=h, w=w, r=r, save_states=save_states),
+        functools.partial(_fwd_kernel, h=h, w=w, r=r, directions=directions, save_states=save_states),
         grid=(batch,),
         in_specs=[_per_image((L, d))] + _params_specs(wx, wdt, bias, A, Dk),
         out_specs=out_specs,
@@ -200,12 +200,12 @@ def _forward_call(x, wx, wdt, bias, A, Dk, *, h, w, save_states, interpret):
     return outs if save_states else (outs[0], None)
 
 
-def _backward_call(x, wx, wdt, bias, A, Dk, hs, dy, *, h, w, interpret):
+def _backward_call(x, wx, wdt, bias, A, Dk, hs, dy, *, h, w, directions, interpret):
     batch, L, d = x.shape
     n, r = A.shape[1], wdt.shape[2]
     per_image_grads = [t.shape for t in (wx, wdt, bias, A, Dk)]
     return pl.pallas_call(
-        functools.partial(_bwd_kernel, h=h, w=w, r=r),
+        functools.partial(_bwd_kernel, h=h, w=w, r=r, directions=directions),
         grid=(batch,),
         in_specs=([_per_image((L, d))] + _params_specs(wx, wdt, bias, A, Dk)
                   + [_per_image(hs.shape[1:]), _per_image((L, d))]),
@@ -222,28 +222,33 @@ def _backward_call(x, wx, wdt, bias, A, Dk, hs, dy, *, h, w, interpret):
     )(x, wx, wdt, bias, A, Dk, hs, dy)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _core(x, wx, wdt, bias, A, Dk, h, w, interpret):
-    """Laid-out core: x (B, L, D); wx (K, R+2N, D); wdt (K, D, R); bias, Dk (K, 1, D); A (K, N, D). y (B, L, D) f32."""
-    return _forward_call(x, wx, wdt, bias, A, Dk, h=h, w=w, save_states=False, interpret=interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _core(x, wx, wdt, bias, A, Dk, h, w, directions, interpret):
+    """Laid-out core: x (B, L, D); wx (k, R+2N, D); wdt (k, D, R); bias, Dk (k, 1, D); A (k, N, D). y (B, L, D) f32."""
+    return _forward_call(x, wx, wdt, bias, A, Dk, h=h, w=w, directions=directions, save_states=False,
+                         interpret=interpret)[0]
 
 
-def _core_fwd(x, wx, wdt, bias, A, Dk, h, w, interpret):
-    y, hs = _forward_call(x, wx, wdt, bias, A, Dk, h=h, w=w, save_states=True, interpret=interpret)
+def _core_fwd(x, wx, wdt, bias, A, Dk, h, w, directions, interpret):
+    y, hs = _forward_call(x, wx, wdt, bias, A, Dk, h=h, w=w, directions=directions, save_states=True,
+                          interpret=interpret)
     return y, (x, wx, wdt, bias, A, Dk, hs)
 
 
-def _core_bwd(h, w, interpret, res, dy):
+def _core_bwd(h, w, directions, interpret, res, dy):
     x, wx, wdt, bias, A, Dk, hs = res
-    dx, *dparams = _backward_call(x, wx, wdt, bias, A, Dk, hs, dy.astype(f32), h=h, w=w, interpret=interpret)
+    dx, *dparams = _backward_call(x, wx, wdt, bias, A, Dk, hs, dy.astype(f32), h=h, w=w, directions=directions,
+                                  interpret=interpret)
     return (dx.astype(x.dtype), *(g.sum(0).astype(p.dtype) for g, p in zip(dparams, (wx, wdt, bias, A, Dk))))
 
 
 _core.defvjp(_core_fwd, _core_bwd)
 
 
-def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *, interpret=None):
+def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
+              directions: tuple[int, ...] = ALL_DIRECTIONS, interpret=None):
     """Same contract as `reference.ss2d_core_reference`: x (B, H, W, D) -> y (B, H, W, D) fp32; differentiable.
+    `directions`: the scan orders the parameters belong to (default all four; a subset gives that part of the sum).
 
     `interpret` (default: True off-TPU) runs Pallas' interpreter, so asking for this core by name works on any
     backend, slowly; "auto" picks it only where `is_supported()`.
@@ -253,11 +258,13 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *, i
     b, h, w, d = x.shape
     n = A_logs.shape[-1]
 
-    def per_direction(t, cols):  # (K*D, cols) -> (K, cols, D): channels on lanes
-        return jnp.swapaxes(t.astype(f32).reshape(K, d, cols), 1, 2)
+    k = len(directions)
+
+    def per_direction(t, cols):  # (k*D, cols) -> (k, cols, D): channels on lanes
+        return jnp.swapaxes(t.astype(f32).reshape(k, d, cols), 1, 2)
 
     A = per_direction(-jnp.exp(A_logs.astype(f32)), n)
     y = _core(x.reshape(b, h * w, d), x_proj_weight.astype(f32), dt_projs_weight.astype(f32),
               per_direction(dt_projs_bias.reshape(-1, 1), 1), A, per_direction(Ds.reshape(-1, 1), 1),
-              h, w, interpret)
+              h, w, tuple(directions), interpret)
     return y.reshape(b, h, w, d)
