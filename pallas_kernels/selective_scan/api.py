@@ -31,9 +31,9 @@ _MODULES = {
 }
 
 AUTO_ORDER = {
-    # pallas_mosaic_gpu stays opt-in (implementation="pallas_mosaic_gpu") until benchmarks/gpu_kernel_tests.py passes
-    # in full on a GPU: so far only fp32 with d_state 1 at the VMamba lengths is verified (results/gpu_kernel_tests_h100.md).
-    "gpu": ("associative",),
+    # pallas_mosaic_gpu passed benchmarks/gpu_kernel_tests.py in full (20/20: N 1/16, fp32/bf16, L 3136..37) on an
+    # H200 (results/gpu_kernel_tests_h200.md); "is_supported" keeps it to Hopper and newer.
+    "gpu": ("pallas_mosaic_gpu", "associative"),
     "tpu": ("pallas_mosaic_tpu", "associative"),
     "cpu": ("associative",),
 }

@@ -3,28 +3,40 @@
 Layout (the one that lowered first time on an H100, jax_notes.md §2.6): channels are the minor axis and each of the
 128 threads of a warpgroup owns one channel, so every in-kernel value is a (128,) fp32 vector and the d_state axis is
 statically unrolled into N such vectors. One CUDA block = one (batch, group) sequence x one 128-channel tile; it walks
-the whole sequence, `emit_pipeline` streaming (TL, 128) tiles of u and delta GMEM -> SMEM by TMA (double buffered)
-with the state as the pipeline carry. B and C are read as per-step scalars from SMEM (shared by the block's channels).
+the whole sequence, `emit_pipeline` streaming (TL, 128) tiles GMEM -> SMEM by TMA (double buffered) with the state as
+the pipeline carry. B and C (and the low-rank dts, below) are read as per-step scalars from SMEM.
 
-* The op's layout (batch, K*D, L) is channel-major, so the wrapper transposes u, delta (and dy, y, du, ddelta) to
-  (batch*K, L, D) in XLA, padding D per group to a multiple of 128 and L to a multiple of the sequence tile with
-  zeros (neutral: padded steps come after the real ones, and dy = 0 there keeps dh = 0).
+One kernel pair serves two callers, described by a static `_Plan`:
+
+* the plain op `selective_scan` (the official layout (batch, K*D, L)): the wrapper transposes to channel-minor
+  (batch*K, L, D) sequences, one per (batch, group);
+* the fused SS2D core (`pallas_kernels.ss2d.pallas_mosaic_gpu`): the K = 4 scan orders read their sequence from one of
+  two *sources* (the row-major and the column-major view of the image), the reversed orders walk their source
+  backwards by index (reversed tile index maps and in-tile indices: no reversed copies), and delta is formed in the
+  kernel from the low-rank dts (R per-step scalars) and dt_proj's weight (R per-channel vectors), so the (K, L, D)
+  delta tensor never exists in the forward.
+
+Common to both:
 * delta_bias, softplus with the official threshold (x > 20 passes through) and the D skip are fused in the kernel.
-* Forward for training also writes the state at the start of every sequence tile (batch*K, tiles, N, D).
-* Backward walks the tiles in reverse (reversed index maps), recomputes the tile's states from its boundary state
-  into SMEM, and steps back in time carrying dh. dA, dD and d(delta_bias) are per-channel sums carried in registers
-  and written once per block (then summed over batch in XLA). dB and dC are sums over the block's 128 channels: each
-  step stores its N per-channel products as SMEM rows and once per tile the rows are loaded in the WGMMA register
-  layout and row-summed (`.sum(axis=1)`, the flash-attention row-sum path), giving per-channel-tile partials that
-  XLA sums over tiles.
+  Channels are padded to a multiple of 128 and L to a multiple of the sequence tile with zeros. Padded steps are
+  neutral: at the end of a forward walk they come after every real step; at the start of a reversed walk the state is
+  still zero and u = 0 keeps it zero; and dy = 0 there.
+* Forward for training also writes the state entering every sequence tile (G, tiles, N, D), in walk order.
+* Backward walks the tiles in reverse walk order, recomputes the tile's states from its boundary state into SMEM, and
+  steps back in time carrying dh. dA, dD and d(delta_bias) are per-channel sums carried in registers and written once
+  per block (then summed over batch in XLA). dB and dC are sums over the block's 128 channels: each step stores its N
+  per-channel products as SMEM rows and once per tile the rows are loaded in the WGMMA register layout and row-summed
+  (`.sum(axis=1)`, the flash-attention row-sum path), giving per-channel-tile partials that XLA sums over tiles. With
+  low-rank delta the kernel returns d(delta) per position and XLA contracts it with the dts and dt_proj's weight.
 
-No CPU interpreter exists for Mosaic GPU: the CPU test suite checks that this module is not picked off-GPU; the kernel
-itself is checked against the reference by `benchmarks/gpu_kernel_tests.py` on an H100 (output committed under
-benchmarks/results/).
+No CPU interpreter exists for Mosaic GPU: the CPU test suite checks that this module is not picked off-GPU and that
+it lowers for CUDA (`jax.export`); the kernel itself is checked against the reference by
+`benchmarks/gpu_kernel_tests.py` on a Hopper GPU (output committed under benchmarks/results/).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -42,6 +54,9 @@ ROWS = 64              # WGMMA layout row granularity for the dB/dC row sums
 # Per-tile SMEM budget: the sequence tile trades pipeline overhead against SMEM (and so blocks per SM).
 FWD_SEQ_TILE = {1: 64, 16: 32}
 BWD_SEQ_TILE = {1: 32, 16: 4}
+# The time loop's unroll factor: the state update is the only loop-carried dependency, so unrolled steps overlap their
+# loads, softplus and exp (one warpgroup per block leaves the SM little else to hide latency with).
+UNROLL = int(os.environ.get("VMAMBA_MGPU_UNROLL", "1"))
 MAX_CONCURRENT_STEPS = 2
 # Each thread reads and writes only its own lane of SMEM, except the dB/dC row sums, which are fenced explicitly
 # with commit_smem(); the pipeline itself commits SMEM before every TMA store and fetch. So Pallas' conservative
@@ -65,6 +80,50 @@ def is_supported() -> bool:
         return False
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """How the kernel's blocks map onto sequences (static: part of the compiled kernel).
+
+    Block g of the grid's first axis is sequence (b, k) = divmod(g, K), with parameter set k. Its input u (and, in the
+    backward, dy) is source row b * S + source[k] of the (batch * S, L, D) source arrays; `reverse[k]` walks it from
+    the end. rank > 0: delta is formed in the kernel from the first `rank` rows of the projection array.
+    """
+
+    groups: int                       # K
+    source: tuple[int, ...]           # per k, its source index (S = max + 1)
+    reverse: tuple[bool, ...]         # per k
+    rank: int                         # R (0: delta is an input)
+    d_state: int
+    tl_fwd: int
+    tl_bwd: int
+    softplus: bool
+    unroll: int = 1
+
+    @property
+    def sources(self) -> int:
+        return max(self.source) + 1
+
+    @property
+    def any_reverse(self) -> bool:
+        return any(self.reverse)
+
+
+def _pick(k, values):
+    """values[k] for a traced k and a static tuple of ints (a python int when they are all equal)."""
+    values = tuple(int(v) for v in values)
+    if len(set(values)) == 1:
+        return values[0]
+    out = jnp.int32(values[0])
+    for j, v in enumerate(values[1:], 1):
+        out = jnp.where(k == j, jnp.int32(v), out)
+    return out
+
+
+def _walk(rev, i, n):
+    """Index visited at walk step i of n: i, or n-1-i when rev (a traced 0/1, or None for never)."""
+    return i if rev is None else i + rev * (n - 1 - 2 * i)
+
+
 def _zeros():
     """A zero (128,) vector in the strided layout that SMEM row loads produce (loop carries must keep one layout)."""
     return plgpu.layout_cast(jnp.zeros((LANES,), f32), plgpu.Layout.WG_STRIDED((LANES,), vec_size=1))
@@ -84,200 +143,253 @@ def _softplus(x, softplus):
     return jnp.where(big, x, sp), jnp.where(big, 1.0, 1.0 - jnp.exp(-sp))
 
 
-class _BC:
-    """B and C travel as one array BC (G, 2N, L) (rows [B_0..B_{N-1}, C_0..C_{N-1}]): one TMA copy per tile, and
-    big enough for TMA's rules (16-byte minor dim, a multiple of 128 bytes per copy). The SMEM tile is (2N, TL) when
-    2N is small, (TL, 2N) when a row of 2N values is >= 16 bytes; kernels read per-step scalars from it."""
+class _Proj:
+    """The per-step scalars travel as one array (G, rows, L), rows [dts_0..dts_{R-1}, B_0..B_{N-1}, C_0..C_{N-1}]:
+    one TMA copy per tile. The SMEM tile is (rows, TL) when a row of `rows` values is under TMA's 16-byte minimum,
+    else (TL, rows_p) time-major with rows padded to 32 bytes (TMA needs 16-byte rows, and a copy of a multiple of 128
+    bytes, i.e. of 4 or more steps)."""
 
-    def __init__(self, d_state, itemsize):
-        self.n = d_state
-        self.time_minor = 2 * d_state * itemsize < 16
+    def __init__(self, rank, d_state, itemsize):
+        self.r, self.n = rank, d_state
+        self.rows = rank + 2 * d_state
+        self.time_minor = self.rows * itemsize < 16
+        per = 32 // itemsize
+        self.rows_p = self.rows if self.time_minor else per * math.ceil(self.rows / per)
 
-    def gmem_view(self, x):  # x: (G, 2N, L)
-        return x if self.time_minor else jnp.swapaxes(x, 1, 2)
+    def gmem_view(self, x):  # x: (G, rows, L) -> the kernel's GMEM layout
+        if self.time_minor:
+            return x
+        return jnp.pad(jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, self.rows_p - self.rows)))
 
     def spec(self, tl, chunk):
         if self.time_minor:
-            return pl.BlockSpec((2 * self.n, tl), lambda i: (0, chunk(i)))
-        return pl.BlockSpec((tl, 2 * self.n), lambda i: (chunk(i), 0))
+            return pl.BlockSpec((self.rows, tl), lambda i: (0, chunk(i)))
+        return pl.BlockSpec((tl, self.rows_p), lambda i: (chunk(i), 0))
 
     def _read(self, ref, row, t):
         return (ref[row, t] if self.time_minor else ref[t, row]).astype(f32)
 
+    def dts(self, ref, r, t):
+        return self._read(ref, r, t)
+
     def b(self, ref, j, t):
-        return self._read(ref, j, t)
+        return self._read(ref, self.r + j, t)
 
     def c(self, ref, j, t):
-        return self._read(ref, self.n + j, t)
+        return self._read(ref, self.r + self.n + j, t)
+
+
+def _block_coords(plan):
+    """(g, k, source row, rev flag or None, first channel) of this block."""
+    g = jax.lax.axis_index("g")
+    k = g % plan.groups
+    src = (g // plan.groups) * plan.sources + _pick(k, plan.source)
+    rev = _pick(k, plan.reverse) if plan.any_reverse else None
+    d0 = pl.multiple_of(jax.lax.axis_index("d") * LANES, LANES)
+    return g, k, src, rev, d0
+
+
+def _params(plan, p_smem):
+    """Register vectors from the (2+N+R, 128) parameter tile: D, bias, A_j, dt_proj rows W_r."""
+    n, r = plan.d_state, plan.rank
+    return p_smem[0], p_smem[1], [p_smem[2 + j] for j in range(n)], [p_smem[2 + n + q] for q in range(r)]
+
+
+def _delta_raw(plan, proj, dl_s, pr_s, W, p):
+    """delta before bias at tile row p: an input (dl_s) or, low-rank, sum_r dts_r(p) W_r."""
+    if plan.rank == 0:
+        return dl_s[p].astype(f32)
+    acc = proj.dts(pr_s, 0, p) * W[0]
+    for q in range(1, plan.rank):
+        acc = acc + proj.dts(pr_s, q, p) * W[q]
+    return acc
 
 
 # ------------------------------------------------------------------------------------------------ forward
 
-def _forward(u, dl, BC, prm, *, groups, tl, softplus, save_states):
-    """u, dl (G, Lp, Dp); BC (G, 2N, Lp); prm (K, 2+N, Dp) f32 rows [D, bias, A_0..].
+def _forward(plan, u, dl, proj_arr, prm, *, save_states):
+    """u (batch*S, Lp, Dp); dl (G, Lp, Dp) or None (rank > 0); proj_arr (G, rows, Lp); prm (K, 2+N+R, Dp) f32.
 
-    Returns y (G, Lp, Dp) f32 and, if save_states, hs (G, Lp/tl, N, Dp) f32 (state entering each tile)."""
-    G, lp, dp = u.shape
-    n = prm.shape[1] - 2
+    Returns y (G, Lp, Dp) f32 (by position) and, if save_states, hs (G, Lp/tl, N, Dp) f32 (state entering each
+    tile, in walk order)."""
+    G = proj_arr.shape[0]
+    _, lp, dp = u.shape
+    n, tl = plan.d_state, plan.tl_bwd if save_states else plan.tl_fwd
     n_seq, n_ch = lp // tl, dp // LANES
-    bc = _BC(n, BC.dtype.itemsize)
-    BC = bc.gmem_view(BC)
-    fwd = lambda i: i  # noqa: E731
+    proj = _Proj(plan.rank, n, proj_arr.dtype.itemsize)
+    proj_arr = proj.gmem_view(proj_arr)
+    has_dl = plan.rank == 0
 
     out_shapes = [jax.ShapeDtypeStruct((G, lp, dp), f32)]
     if save_states:
         out_shapes.append(jax.ShapeDtypeStruct((G, n_seq, n, dp), f32))
 
-    def body(u_ref, dl_ref, bc_ref, p_ref, *rest):
-        outs, (p_smem, bar) = rest[:len(out_shapes)], rest[len(out_shapes):]
-        g = jax.lax.axis_index("g")
-        d0 = pl.multiple_of(jax.lax.axis_index("d") * LANES, LANES)
-        plgpu.copy_gmem_to_smem(p_ref.at[g % groups, :, pl.ds(d0, LANES)], p_smem, bar)
+    def body(*refs):
+        u_ref, *refs = refs
+        dl_ref = refs.pop(0) if has_dl else None
+        pr_ref, p_ref, *refs = refs
+        outs, (p_smem, bar) = refs[:len(out_shapes)], refs[len(out_shapes):]
+        g, k, src, rev, d0 = _block_coords(plan)
+        plgpu.copy_gmem_to_smem(p_ref.at[k, :, pl.ds(d0, LANES)], p_smem, bar)
         plgpu.barrier_wait(bar)
-        Dv, bias = p_smem[0], p_smem[1]
-        A = [p_smem[2 + j] for j in range(n)]
+        Dv, bias, A, W = _params(plan, p_smem)
+        chunk = functools.partial(_walk, rev, n=n_seq)
 
-        def chunk(idx, u_s, dl_s, bc_s, *outs_and_carry):
-            *o_s, h = outs_and_carry
+        def tile(idx, u_s, *rest):
+            if has_dl:
+                dl_s, pr_s, *o_s, h = rest
+            else:
+                dl_s, (pr_s, *o_s, h) = None, rest
             if save_states:
                 for j in range(n):
                     o_s[1][j] = h[j]
 
             def step(t, h):
-                dt, _ = _softplus(dl_s[t].astype(f32) + bias, softplus)
-                uu = u_s[t].astype(f32)
+                p = _walk(rev, t, tl)
+                dt, _ = _softplus(_delta_raw(plan, proj, dl_s, pr_s, W, p) + bias, plan.softplus)
+                uu = u_s[p].astype(f32)
                 dtu = dt * uu
                 y = Dv * uu
                 h_new = []
                 for j in range(n):
-                    hj = jnp.exp(dt * A[j]) * h[j] + dtu * bc.b(bc_s, j, t)
-                    y = y + hj * bc.c(bc_s, j, t)
+                    hj = jnp.exp(dt * A[j]) * h[j] + dtu * proj.b(pr_s, j, p)
+                    y = y + hj * proj.c(pr_s, j, p)
                     h_new.append(hj)
-                o_s[0][t] = y
+                o_s[0][p] = y
                 return tuple(h_new)
 
-            return jax.lax.fori_loop(0, tl, step, h)
+            return jax.lax.fori_loop(0, tl, step, h, unroll=plan.unroll)
 
-        seq = pl.BlockSpec((tl, LANES), lambda i: (i, 0))
+        seq = pl.BlockSpec((tl, LANES), lambda i: (chunk(i), 0))
+        in_specs = [seq] + ([seq] if has_dl else []) + [proj.spec(tl, chunk)]
+        in_refs = [u_ref.at[src, :, pl.ds(d0, LANES)]] + ([dl_ref.at[g, :, pl.ds(d0, LANES)]] if has_dl else [])
+        in_refs.append(pr_ref.at[g])
         out_specs = [seq] + ([pl.BlockSpec((None, n, LANES), lambda i: (i, 0, 0))] if save_states else [])
-        gmem_outs = [outs[0].at[g, :, pl.ds(d0, LANES)]]
+        out_refs = [outs[0].at[g, :, pl.ds(d0, LANES)]]
         if save_states:
-            gmem_outs.append(outs[1].at[g, :, :, pl.ds(d0, LANES)])
+            out_refs.append(outs[1].at[g, :, :, pl.ds(d0, LANES)])
         plgpu.emit_pipeline(
-            chunk, grid=(n_seq,),
-            in_specs=[seq, seq, bc.spec(tl, fwd)],
-            out_specs=out_specs,
+            tile, grid=(n_seq,), in_specs=in_specs, out_specs=out_specs,
             max_concurrent_steps=MAX_CONCURRENT_STEPS,
             init_carry=tuple(_zeros() for _ in range(n)),
-        )(u_ref.at[g, :, pl.ds(d0, LANES)], dl_ref.at[g, :, pl.ds(d0, LANES)], bc_ref.at[g],
-          *gmem_outs)
+        )(*in_refs, *out_refs)
 
+    operands = [u] + ([dl] if has_dl else []) + [proj_arr, prm]
     outs = plgpu.kernel(
         body, out_type=out_shapes, grid=(G, n_ch), grid_names=("g", "d"),
-        scratch_types=[plgpu.SMEM((2 + n, LANES), f32), plgpu.Barrier(num_arrivals=1)],
+        scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1)],
         compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS),
-    )(u, dl, BC, prm)
+    )(*operands)
     return tuple(outs) if save_states else (outs[0], None)
 
 
 # ------------------------------------------------------------------------------------------------ backward
 
-def _backward(u, dl, BC, prm, hs, dy, *, groups, tl, softplus):
-    """Returns du, ddl (G, Lp, Dp) in u/dl dtypes; dBC (G, 2N, Lp) f32 (summed over channel tiles);
-    dprm (G, 2+N, Dp) f32 per-sequence partials [dD, dbias, dA_0..]."""
-    G, lp, dp = u.shape
-    n = prm.shape[1] - 2
+def _backward(plan, u, dl, proj_arr, prm, hs, dy):
+    """dy (G, Lp, Dp) f32, by position. Returns du, ddl (G, Lp, Dp) per sequence (u's dtype; ddl is d/d(delta
+    before bias)); dBC (G, 2N, Lp) f32 (summed over channel tiles); dprm (G, 2+N, Dp) f32 per-sequence [dD, dbias, dA_j]."""
+    G = proj_arr.shape[0]
+    _, lp, dp = u.shape
+    n, tl = plan.d_state, plan.tl_bwd
     n_seq, n_ch = lp // tl, dp // LANES
-    bc = _BC(n, BC.dtype.itemsize)
-    BC = bc.gmem_view(BC)
-    rows = tl * n                                   # dB (or dC) rows per tile: t*N + j
+    proj = _Proj(plan.rank, n, proj_arr.dtype.itemsize)
+    proj_arr = proj.gmem_view(proj_arr)
+    has_dl = plan.rank == 0
+    rows = tl * n                                   # dB (or dC) rows per tile: p*N + j
     rows_pad = ROWS * math.ceil(2 * rows / ROWS)    # dB rows then dC rows, padded to the WGMMA row tile
-    rev = lambda i: n_seq - 1 - i  # noqa: E731
+    ddl_dtype = dl.dtype if has_dl else u.dtype
 
     out_shapes = [
         jax.ShapeDtypeStruct((G, lp, dp), u.dtype),
-        jax.ShapeDtypeStruct((G, lp, dp), dl.dtype),
+        jax.ShapeDtypeStruct((G, lp, dp), ddl_dtype),
         jax.ShapeDtypeStruct((G, n_ch, n_seq, rows_pad), f32),     # per tile: [dB rows | dC rows | padding]
         jax.ShapeDtypeStruct((G, 2 + n, dp), f32),
     ]
 
-    def body(u_ref, dl_ref, bc_ref, p_ref, hs_ref, dy_ref, du_ref, ddl_ref, dbc_ref, dp_ref,
-             p_smem, bar, st_smem, red_smem):
-        g = jax.lax.axis_index("g")
+    def body(*refs):
+        u_ref, *refs = refs
+        dl_ref = refs.pop(0) if has_dl else None
+        pr_ref, p_ref, hs_ref, dy_ref, du_ref, ddl_ref, dbc_ref, dp_ref, p_smem, bar, st_smem, red_smem = refs
+        g, k, src, rev, d0 = _block_coords(plan)
         dti = jax.lax.axis_index("d")
-        d0 = pl.multiple_of(dti * LANES, LANES)
-        plgpu.copy_gmem_to_smem(p_ref.at[g % groups, :, pl.ds(d0, LANES)], p_smem, bar)
+        plgpu.copy_gmem_to_smem(p_ref.at[k, :, pl.ds(d0, LANES)], p_smem, bar)
         plgpu.barrier_wait(bar)
-        Dv, bias = p_smem[0], p_smem[1]
-        A = [p_smem[2 + j] for j in range(n)]
+        Dv, bias, A, W = _params(plan, p_smem)
+        back = lambda i: n_seq - 1 - i  # noqa: E731 - walk step of backward step i
+        chunk = lambda i: _walk(rev, back(i), n_seq)  # noqa: E731 - its position tile
 
-        def chunk(idx, u_s, dl_s, bc_s, hs_s, dy_s, du_s, ddl_s, dbc_s, carry):
-            dh, dA, dD, dbias = carry
+        def tile(idx, u_s, *rest):
+            if has_dl:
+                dl_s, pr_s, hs_s, dy_s, du_s, ddl_s, dbc_s, carry = rest
+            else:
+                dl_s, (pr_s, hs_s, dy_s, du_s, ddl_s, dbc_s, carry) = None, rest
 
-            def inputs(t):
-                dt, dsp = _softplus(dl_s[t].astype(f32) + bias, softplus)
-                return dt, dsp, u_s[t].astype(f32)
+            def inputs(p):
+                dt, dsp = _softplus(_delta_raw(plan, proj, dl_s, pr_s, W, p) + bias, plan.softplus)
+                return dt, dsp, u_s[p].astype(f32)
 
             for j in range(n):
                 st_smem[0, j] = hs_s[j]
 
-            def recompute(t, h):
-                dt, _, uu = inputs(t)
+            def recompute(t, h):  # st_smem[t + 1] = state after walk step t of the tile
+                p = _walk(rev, t, tl)
+                dt, _, uu = inputs(p)
                 dtu = dt * uu
                 h_new = []
                 for j in range(n):
-                    hj = jnp.exp(dt * A[j]) * h[j] + dtu * bc.b(bc_s, j, t)
+                    hj = jnp.exp(dt * A[j]) * h[j] + dtu * proj.b(pr_s, j, p)
                     st_smem[t + 1, j] = hj
                     h_new.append(hj)
                 return tuple(h_new)
 
-            jax.lax.fori_loop(0, tl, recompute, tuple(hs_s[j] for j in range(n)))
+            jax.lax.fori_loop(0, tl, recompute, tuple(hs_s[j] for j in range(n)), unroll=plan.unroll)
 
             def step(i, carry):
                 dh, dA, dD, dbias = carry
                 t = tl - 1 - i
-                dt, dsp, uu = inputs(t)
-                dy = dy_s[t]
+                p = _walk(rev, t, tl)
+                dt, dsp, uu = inputs(p)
+                dy = dy_s[p]
                 dtu = dt * uu
                 ddt = _zeros()
                 dhb = _zeros()
                 dh_new, dA_new = [], []
                 for j in range(n):
-                    b = bc.b(bc_s, j, t)
-                    c = bc.c(bc_s, j, t)
-                    red_smem[rows + t * n + j] = st_smem[t + 1, j] * dy          # dC row
+                    b = proj.b(pr_s, j, p)
+                    c = proj.c(pr_s, j, p)
+                    red_smem[rows + p * n + j] = st_smem[t + 1, j] * dy          # dC row
                     dhj = dh[j] + dy * c                                          # adjoint of h_t
                     a = jnp.exp(dt * A[j])
                     gj = dhj * st_smem[t, j] * a
                     ddt = ddt + gj * A[j]
                     dhb = dhb + dhj * b
-                    red_smem[t * n + j] = dhj * dtu                               # dB row
+                    red_smem[p * n + j] = dhj * dtu                               # dB row
                     dA_new.append(dA[j] + gj * dt)
                     dh_new.append(dhj * a)
                 ddt = ddt + dhb * uu
-                draw = ddt * dsp if softplus else ddt
-                du_s[t] = (dy * Dv + dhb * dt).astype(du_s.dtype)
-                ddl_s[t] = draw.astype(ddl_s.dtype)
+                draw = ddt * dsp if plan.softplus else ddt
+                du_s[p] = (dy * Dv + dhb * dt).astype(du_s.dtype)
+                ddl_s[p] = draw.astype(ddl_s.dtype)
                 return tuple(dh_new), tuple(dA_new), dD + dy * uu, dbias + draw
 
-            carry = jax.lax.fori_loop(0, tl, step, (dh, dA, dD, dbias))
+            carry = jax.lax.fori_loop(0, tl, step, carry, unroll=plan.unroll)
             plgpu.commit_smem()  # the row sums read rows other threads wrote
             dbc_s[...] = plgpu.load(red_smem, (), layout=plgpu.Layout.WGMMA, optimized=False).sum(axis=1)
             return carry
 
-        seq = pl.BlockSpec((tl, LANES), lambda i: (rev(i), 0))
+        seq = pl.BlockSpec((tl, LANES), lambda i: (chunk(i), 0))
         zero = _zeros()
         init = (tuple(zero for _ in range(n)), tuple(zero for _ in range(n)), zero, zero)
+        in_specs = [seq] + ([seq] if has_dl else []) + [
+            proj.spec(tl, chunk), pl.BlockSpec((None, n, LANES), lambda i: (back(i), 0, 0)), seq]
+        in_refs = [u_ref.at[src, :, pl.ds(d0, LANES)]] + ([dl_ref.at[g, :, pl.ds(d0, LANES)]] if has_dl else [])
+        in_refs += [pr_ref.at[g], hs_ref.at[g, :, :, pl.ds(d0, LANES)], dy_ref.at[g, :, pl.ds(d0, LANES)]]
         dh, dA, dD, dbias = plgpu.emit_pipeline(
-            chunk, grid=(n_seq,),
-            in_specs=[seq, seq, bc.spec(tl, rev),
-                      pl.BlockSpec((None, n, LANES), lambda i: (rev(i), 0, 0)), seq],
-            out_specs=[seq, seq, pl.BlockSpec((None, rows_pad), lambda i: (rev(i), 0))],
+            tile, grid=(n_seq,), in_specs=in_specs,
+            out_specs=[seq, seq, pl.BlockSpec((None, rows_pad), lambda i: (chunk(i), 0))],
             max_concurrent_steps=MAX_CONCURRENT_STEPS,
             init_carry=init,
-        )(u_ref.at[g, :, pl.ds(d0, LANES)], dl_ref.at[g, :, pl.ds(d0, LANES)], bc_ref.at[g],
-          hs_ref.at[g, :, :, pl.ds(d0, LANES)], dy_ref.at[g, :, pl.ds(d0, LANES)],
-          du_ref.at[g, :, pl.ds(d0, LANES)], ddl_ref.at[g, :, pl.ds(d0, LANES)], dbc_ref.at[g, dti])
+        )(*in_refs, du_ref.at[g, :, pl.ds(d0, LANES)], ddl_ref.at[g, :, pl.ds(d0, LANES)], dbc_ref.at[g, dti])
 
         # Per-channel parameter grads of this (sequence, channel tile): written once.
         p_smem[0] = dD
@@ -285,15 +397,16 @@ def _backward(u, dl, BC, prm, hs, dy, *, groups, tl, softplus):
         for j in range(n):
             p_smem[2 + j] = dA[j]
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(p_smem, dp_ref.at[g, :, pl.ds(d0, LANES)])
+        plgpu.copy_smem_to_gmem(p_smem.at[pl.ds(0, 2 + n)], dp_ref.at[g, :, pl.ds(d0, LANES)])
         plgpu.wait_smem_to_gmem(0)
 
+    operands = [u] + ([dl] if has_dl else []) + [proj_arr, prm, hs, dy]
     du, ddl, dbc, dprm = plgpu.kernel(
         body, out_type=out_shapes, grid=(G, n_ch), grid_names=("g", "d"),
-        scratch_types=[plgpu.SMEM((2 + n, LANES), f32), plgpu.Barrier(num_arrivals=1),
-                        plgpu.SMEM((tl + 1, n, LANES), f32), plgpu.SMEM((rows_pad, LANES), f32)],
+        scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1),
+                       plgpu.SMEM((tl + 1, n, LANES), f32), plgpu.SMEM((rows_pad, LANES), f32)],
         compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS),
-    )(u, dl, BC, prm, hs, dy)
+    )(*operands)
     dbc = dbc.sum(1)[..., :2 * rows].reshape(G, n_seq, 2, tl, n)      # (G, tiles, {B,C}, TL, N)
     dBC = jnp.moveaxis(dbc, (2, 4), (1, 2)).reshape(G, 2 * n, lp)                  # rows [B_0.., C_0..]
     return du, ddl, dBC, dprm
@@ -301,43 +414,65 @@ def _backward(u, dl, BC, prm, hs, dy, *, groups, tl, softplus):
 
 # ------------------------------------------------------------------------------------------------ custom_vjp core
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _scan(u, dl, BC, prm, groups, tl_fwd, tl_bwd, softplus):
-    """u, dl (G, Lp, Dp); BC (G, 2N, Lp); prm (K, 2+N, Dp) f32. Returns y (G, Lp, Dp) f32."""
-    return _forward(u, dl, BC, prm, groups=groups, tl=tl_fwd, softplus=softplus, save_states=False)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def scan(plan, u, dl, proj_arr, prm):
+    """The laid-out op. u (batch*S, Lp, Dp); dl (G, Lp, Dp) or None when plan.rank > 0; proj_arr (G, R+2N, Lp) rows
+    [dts | B | C]; prm (K, 2+N+R, Dp) f32 rows [D, bias, A_0.., W_0..] (W_r: dt_proj's weight column r).
+    Returns y (G, Lp, Dp) f32, by position, G = batch*K. Differentiable in u, dl, proj_arr and prm."""
+    return _forward(plan, u, dl, proj_arr, prm, save_states=False)[0]
 
 
-def _scan_fwd(u, dl, BC, prm, groups, tl_fwd, tl_bwd, softplus):
+def _scan_fwd(plan, u, dl, proj_arr, prm):
     # The training forward saves boundary states at the backward's tile size.
-    y, hs = _forward(u, dl, BC, prm, groups=groups, tl=tl_bwd, softplus=softplus, save_states=True)
-    return y, (u, dl, BC, prm, hs)
+    y, hs = _forward(plan, u, dl, proj_arr, prm, save_states=True)
+    return y, (u, dl, proj_arr, prm, hs)
 
 
-def _scan_bwd(groups, tl_fwd, tl_bwd, softplus, res, dy):
-    u, dl, BC, prm, hs = res
-    du, ddl, dBC, dprm = _backward(u, dl, BC, prm, hs, dy.astype(f32), groups=groups, tl=tl_bwd,
-                                   softplus=softplus)
-    G = u.shape[0]
-    dprm = dprm.reshape(G // groups, groups, *dprm.shape[1:]).sum(0)
-    return du, ddl, dBC.astype(BC.dtype), dprm
+def _scan_bwd(plan, res, dy):
+    u, dl, proj_arr, prm, hs = res
+    G, K, S, n, r = proj_arr.shape[0], plan.groups, plan.sources, plan.d_state, plan.rank
+    batch = G // K
+    du, ddl, dBC, dprm = _backward(plan, u, dl, proj_arr, prm, hs, dy.astype(f32))
+    if plan.source != tuple(range(K)):  # orders that share a source: sum their du into it
+        du = du.reshape(batch, K, *du.shape[1:]).astype(f32)
+        du = jnp.stack([sum(du[:, k] for k in range(K) if plan.source[k] == s) for s in range(S)], axis=1)
+        du = du.reshape(batch * S, *du.shape[2:]).astype(u.dtype)
+    dprm = dprm.reshape(batch, K, *dprm.shape[1:]).sum(0)                         # (K, 2+N, Dp)
+    if r == 0:
+        return du, ddl, dBC.astype(proj_arr.dtype), dprm
+    # Low-rank delta: dl = sum_r dts_r W_r, so d dts_r = <ddl, W_r> over channels and d W_r = sum over positions.
+    ddl32 = ddl.astype(f32).reshape(batch, K, *ddl.shape[1:])                      # (batch, K, Lp, Dp)
+    dts = proj_arr[:, :r].astype(f32).reshape(batch, K, r, -1)                    # (batch, K, R, Lp)
+    W = prm[:, 2 + n:]                                                             # (K, R, Dp)
+    d_dts = jnp.einsum("bkld,krd->bkrl", ddl32, W, precision=jax.lax.Precision.HIGHEST).reshape(G, r, -1)
+    dW = jnp.einsum("bkld,bkrl->krd", ddl32, dts, precision=jax.lax.Precision.HIGHEST)
+    dproj = jnp.concatenate([d_dts, dBC], axis=1).astype(proj_arr.dtype)
+    return du, None, dproj, jnp.concatenate([dprm, dW], axis=1)
 
 
-_scan.defvjp(_scan_fwd, _scan_bwd)
+scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *,
-                   seq_tile: int | None = None, bwd_seq_tile: int | None = None):
-    """Same contract as `reference.selective_scan_reference`: y fp32 (batch, K*D, L); differentiable."""
-    batch, channels, length, groups, d_state = check_inputs(u, delta, A, B, C, D, delta_bias)
-    per_group = channels // groups
+def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_tile: int | None = None):
+    """(tl_fwd, tl_bwd, padded length)."""
     tl_f = seq_tile or _pick_tile(FWD_SEQ_TILE, d_state)
     tl_b = bwd_seq_tile or _pick_tile(BWD_SEQ_TILE, d_state)
     step = math.lcm(tl_f, tl_b)
     # At least two sequence tiles: with a one-step grid `emit_pipeline` treats every block as index-invariant and
     # takes another copy path, which crashed (CUDA illegal address) for a 128-channel tile at a nonzero offset
     # (L=37, C=192 in benchmarks/results/gpu_kernel_tests_h100.md). Padded steps are neutral, so this costs only time.
-    lp = step * max(2, math.ceil(length / step))
+    return tl_f, tl_b, step * max(2, math.ceil(length / step))
+
+
+def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *,
+                   seq_tile: int | None = None, bwd_seq_tile: int | None = None, unroll: int | None = None):
+    """Same contract as `reference.selective_scan_reference`: y fp32 (batch, K*D, L); differentiable."""
+    batch, channels, length, groups, d_state = check_inputs(u, delta, A, B, C, D, delta_bias)
+    per_group = channels // groups
+    tl_f, tl_b, lp = plan_tiles(length, d_state, seq_tile, bwd_seq_tile)
     dp = LANES * math.ceil(per_group / LANES)
+    plan = _Plan(groups=groups, source=tuple(range(groups)), reverse=(False,) * groups, rank=0, d_state=d_state,
+                 tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=unroll or UNROLL)
 
     def seq(x):  # (batch, K*D, L) -> (batch*K, Lp, Dp), channel-minor, zero padded
         x = jnp.swapaxes(x.reshape(batch, groups, per_group, length), 2, 3)
@@ -352,6 +487,6 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
                            A.astype(f32)], axis=1)                                   # (K*D, 2+N)
     prm = jnp.swapaxes(prm.reshape(groups, per_group, 2 + d_state), 1, 2)
     prm = jnp.pad(prm, ((0, 0), (0, 0), (0, dp - per_group)))                        # (K, 2+N, Dp)
-    y = _scan(seq(u), seq(delta), BC, prm, groups, tl_f, tl_b, bool(delta_softplus))
+    y = scan(plan, seq(u), seq(delta), BC, prm)
     y = y.reshape(batch, groups, lp, dp)[:, :, :length, :per_group]
     return jnp.swapaxes(y, 2, 3).reshape(batch, channels, length)

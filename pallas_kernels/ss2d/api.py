@@ -22,11 +22,13 @@ logger = logging.getLogger("pallas_kernels")
 
 _FUSED: dict[str, str] = {  # name -> module path
     "fused_mosaic_tpu": "pallas_kernels.ss2d.pallas_mosaic_tpu",
+    "fused_mosaic_gpu": "pallas_kernels.ss2d.pallas_mosaic_gpu",
 }
-# "auto" picks only fused kernels verified on the hardware itself. fused_mosaic_tpu is so far verified in Pallas'
-# interpreter only (tests/test_ss2d_fused.py), and its whole-image VMEM blocks bound the input size, so on a TPU it
-# is opt-in by name until it has run on one (and learnt to fall back above that size).
-AUTO_ORDER = {"gpu": (), "tpu": (), "cpu": ()}
+# "auto" picks only fused kernels verified on the hardware itself, and only for the d_states a module lists in
+# VERIFIED_D_STATES. fused_mosaic_tpu is so far verified in Pallas' interpreter only (tests/test_ss2d_fused.py), and
+# its whole-image VMEM blocks bound the input size, so on a TPU it is opt-in by name until it has run on one (and
+# learnt to fall back above that size). fused_mosaic_gpu passed its GPU test for d_state 1 (the v2 models).
+AUTO_ORDER = {"gpu": ("fused_mosaic_gpu",), "tpu": (), "cpu": ()}
 _announced: set[tuple[str, str]] = set()
 
 
@@ -34,7 +36,9 @@ def implementations() -> tuple[str, ...]:
     return tuple(_FUSED) + tuple(SCAN_IMPLEMENTATIONS)
 
 
-def resolve_implementation(implementation: str | None = None) -> str:
+def resolve_implementation(implementation: str | None = None, d_state: int | None = None) -> str:
+    """A concrete implementation name; None/"auto" picks the first verified fused core of the platform (for this
+    d_state, when given), else the selective scan's own auto pick."""
     if implementation not in (None, "auto"):
         if implementation not in implementations():
             raise ValueError(f"ss2d_core: unknown implementation {implementation!r}; choose one of "
@@ -44,11 +48,13 @@ def resolve_implementation(implementation: str | None = None) -> str:
     picked = None
     for name in AUTO_ORDER.get(platform, ()):
         try:
-            if importlib.import_module(_FUSED[name]).is_supported():
-                picked = name
-                break
+            mod = importlib.import_module(_FUSED[name])
         except ImportError:
             continue
+        verified = getattr(mod, "VERIFIED_D_STATES", None)
+        if mod.is_supported() and (d_state is None or verified is None or d_state in verified):
+            picked = name
+            break
     picked = picked or resolve_scan_implementation(None)
     if (platform, picked) not in _announced:
         _announced.add((platform, picked))
@@ -60,7 +66,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *, i
               directions: tuple[int, ...] = ALL_DIRECTIONS):
     """Cross-scan + selective scan + cross-merge of x (B, H, W, D); returns y (B, H, W, D) fp32 (see reference.py).
     `directions` names the scan orders the parameters belong to (default all four)."""
-    name = resolve_implementation(implementation)
+    name = resolve_implementation(implementation, d_state=A_logs.shape[-1])
     if name in _FUSED:
         fn = importlib.import_module(_FUSED[name]).ss2d_core
         return fn(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, directions=directions)

@@ -1,0 +1,70 @@
+"""The fused SS2D core on Hopper GPUs: one Mosaic GPU scan kernel for the four scan orders (forward + custom_vjp).
+
+Contract: `reference.ss2d_core_reference`. What differs from that composition is what never reaches HBM:
+
+* no cross-scan copies: the four orders read one of two *sources*, the row-major view of x (a free reshape of the
+  NHWC activation) and its column-major view (one transposed copy); the reversed orders walk their source backwards
+  by index (`pallas_kernels.selective_scan.pallas_mosaic_gpu`, `_Plan.reverse`);
+* no (K, L, D) delta: x_proj runs in XLA over each source (B, L, R+2N per order: small), and the kernel forms
+  delta = dt_proj(dts) from the R per-step dts and dt_proj's R weight vectors, adding the bias and softplus;
+* no channel-major transposes: the kernel is channel-minor like the activation itself.
+
+The kernel writes each order's output by pixel, in its source's layout; XLA sums the two row-major and the two
+column-major outputs and transposes the latter back (one fused pass). The backward is the same kernel family
+(boundary states saved by the training forward, recompute per tile); it returns d(delta) per position, which XLA
+contracts with the dts and the dt_proj weight.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.selective_scan import pallas_mosaic_gpu as mgpu
+from pallas_kernels.ss2d.reference import ALL_DIRECTIONS
+
+f32 = jnp.float32
+is_supported = mgpu.is_supported
+# The d_states `implementation="auto"` may pick this core for: those its GPU test has passed
+# (benchmarks/results/gpu_kernel_tests_h200.md). Any d_state works when it is asked for by name.
+VERIFIED_D_STATES = (1,)
+
+
+def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
+              directions: tuple[int, ...] = ALL_DIRECTIONS, seq_tile: int | None = None,
+              bwd_seq_tile: int | None = None, unroll: int | None = None):
+    """x (B, H, W, D) compute dtype -> y (B, H, W, D) fp32, the merged scan output before out_norm; differentiable.
+
+    Parameters as in `reference.ss2d_core_reference` (fp32; K = len(directions) parameter sets).
+    """
+    b, h, w, d = x.shape
+    k_n, n, r = len(directions), A_logs.shape[-1], dt_projs_weight.shape[-1]
+    L = h * w
+    layouts = sorted({k % 2 for k in directions})                       # 0: row-major, 1: column-major
+    plan_src = tuple(layouts.index(k % 2) for k in directions)
+    tl_f, tl_b, lp = mgpu.plan_tiles(L, n, seq_tile, bwd_seq_tile)
+    dp = mgpu.LANES * -(-d // mgpu.LANES)
+    plan = mgpu._Plan(groups=k_n, source=plan_src, reverse=tuple(k >= 2 for k in directions), rank=r, d_state=n,
+                      tl_fwd=tl_f, tl_bwd=tl_b, softplus=True, unroll=unroll or mgpu.UNROLL)
+
+    views = {0: x.reshape(b, L, d), 1: jnp.swapaxes(x, 1, 2).reshape(b, L, d)}
+    src = jnp.stack([views[s] for s in layouts], axis=1)                # (B, S, L, D)
+
+    # x_proj per order, over its own source (a pixel's projection does not depend on the order): (B, K, R+2N, L).
+    precision = jax.lax.Precision.HIGHEST if x.dtype == f32 else None
+    wx = x_proj_weight.astype(x.dtype)
+    proj = jnp.stack([jnp.einsum("bld,cd->bcl", views[k % 2], wx[j], precision=precision)
+                      for j, k in enumerate(directions)], axis=1)
+
+    u = jnp.pad(src, ((0, 0), (0, 0), (0, lp - L), (0, dp - d))).reshape(b * len(layouts), lp, dp)
+    proj = jnp.pad(proj, ((0, 0), (0, 0), (0, 0), (0, lp - L))).reshape(b * k_n, r + 2 * n, lp)
+    A = -jnp.exp(A_logs.astype(f32)).reshape(k_n, d, n)
+    prm = jnp.concatenate([Ds.astype(f32).reshape(k_n, 1, d), dt_projs_bias.astype(f32).reshape(k_n, 1, d),
+                           jnp.swapaxes(A, 1, 2), jnp.swapaxes(dt_projs_weight.astype(f32), 1, 2)], axis=1)
+    prm = jnp.pad(prm, ((0, 0), (0, 0), (0, dp - d)))                   # (K, 2+N+R, Dp)
+
+    y = mgpu.scan(plan, u, None, proj, prm).reshape(b, k_n, lp, dp)[:, :, :L, :d]
+    out = jnp.zeros((b, h, w, d), f32)
+    for j, k in enumerate(directions):
+        out = out + (y[:, j].reshape(b, h, w, d) if k % 2 == 0 else jnp.swapaxes(y[:, j].reshape(b, w, h, d), 1, 2))
+    return out

@@ -1,0 +1,160 @@
+"""The Mosaic GPU scan and fused SS2D core, off-GPU: everything but the kernel bodies.
+
+Mosaic GPU has no CPU interpreter, so the kernels themselves are tested on a GPU (`benchmarks/gpu_kernel_tests.py`,
+results under benchmarks/results/). Here:
+
+* both kernels (forward and backward, d_state 1 and 16, fp32 and bf16) *lower* for CUDA on this CPU machine
+  (`jax.export(..., platforms=["cuda"])` runs the Pallas -> Mosaic GPU lowering), so a kernel that cannot be built
+  fails CI instead of a device call;
+* the wrappers (layouts, padding, the parameter tile, sources and reversed orders of the fused core, the custom_vjp's
+  source sums and low-rank contraction) run with the two kernel calls `_forward` / `_backward` replaced by an XLA
+  emulation of their contract, and must reproduce the XLA references, forward and every gradient;
+* `implementation="auto"` on a Hopper GPU picks the fused core only for a verified d_state.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from pallas_kernels.selective_scan import api as scan_api
+from pallas_kernels.selective_scan import pallas_mosaic_gpu as mgpu
+from pallas_kernels.selective_scan.reference import selective_scan_reference
+from pallas_kernels.selective_scan.testing import make_inputs, rel_err
+from pallas_kernels.ss2d import api as ss2d_api
+from pallas_kernels.ss2d import pallas_mosaic_gpu as fused
+from pallas_kernels.ss2d.reference import ss2d_core_reference
+from tests.test_ss2d_fused import make_core_inputs
+
+f32 = jnp.float32
+
+
+# ------------------------------------------------------------------------------------------------ lowering for CUDA
+
+def _export_for_cuda(fn, *args):
+    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args]
+    text = jax.export.export(jax.jit(fn), platforms=["cuda"])(*shapes).mlir_module()
+    return len(re.findall(r"stablehlo.custom_call @mosaic_gpu", text))
+
+
+@pytest.mark.parametrize("d_state", [1, 16])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["fp32", "bf16"])
+def test_kernels_lower_for_cuda(d_state, dtype):
+    args = make_inputs(0, batch=2, groups=4, per_group=96, d_state=d_state, length=37, dtype=dtype)
+    plain = lambda *a: mgpu.selective_scan(*a)  # noqa: E731
+    assert _export_for_cuda(plain, *args) == 1
+    assert _export_for_cuda(jax.grad(lambda *a: plain(*a).sum(), tuple(range(7))), *args) == 2  # fwd + bwd kernels
+
+    core = make_core_inputs(0, 2, 5, 7, 96, d_state, 6, dtype)
+    assert _export_for_cuda(fused.ss2d_core, *core) == 1
+    assert _export_for_cuda(jax.grad(lambda *a: fused.ss2d_core(*a).sum(), tuple(range(6))), *core) == 2
+
+
+# ------------------------------------------------------------------------------------------------ emulated kernels
+
+def _per_sequence(plan, u, dl, proj_arr, prm):
+    """The kernels' inputs gathered per sequence g = (b, k), in walk order (reversed orders flipped along L)."""
+    G, K, S, n, r = proj_arr.shape[0], plan.groups, plan.sources, plan.d_state, plan.rank
+    ks = [g % K for g in range(G)]
+    uu = u[jnp.array([(g // K) * S + plan.source[k] for g, k in enumerate(ks)])].astype(f32)     # (G, Lp, Dp)
+    p = prm[jnp.array(ks)]                                                                       # (G, rows, Dp)
+    proj = proj_arr.astype(f32)
+    dlr = dl.astype(f32) if r == 0 else jnp.einsum("grl,grd->gld", proj[:, :r], p[:, 2 + n:])
+    rev = jnp.array([plan.reverse[k] for k in ks])[:, None, None]
+    flip = lambda x: jnp.where(rev, x[:, ::-1], x)  # noqa: E731 - along L, axis 1
+    return flip, (flip(uu), flip(dlr), jnp.swapaxes(flip(jnp.swapaxes(proj[:, r:], 1, 2)), 1, 2),
+                  p[:, 0], p[:, 1], p[:, 2:2 + n])
+
+
+def _emulated_y(plan, flip, uu, dlr, bc, Dv, bias, A):
+    """y (G, Lp, Dp) by position: the reference scan of each walk-ordered sequence, flipped back."""
+    n = plan.d_state
+
+    def one(u, dl, bc, D, b, a):  # u, dl (Lp, Dp); bc (2N, Lp); D, b (Dp,); a (N, Dp)
+        y = selective_scan_reference(u.T[None], dl.T[None], a.T, bc[None, None, :n], bc[None, None, n:], D, b,
+                                     plan.softplus)
+        return y[0].T
+
+    return flip(jax.vmap(one)(uu, dlr, bc, Dv, bias, A))
+
+
+def emulated_forward(plan, u, dl, proj_arr, prm, *, save_states):
+    flip, seq = _per_sequence(plan, u, dl, proj_arr, prm)
+    y = _emulated_y(plan, flip, *seq)
+    tl = plan.tl_bwd if save_states else plan.tl_fwd
+    hs = jnp.zeros((y.shape[0], y.shape[1] // tl, plan.d_state, y.shape[2]), f32) if save_states else None
+    return y, hs
+
+
+def emulated_backward(plan, u, dl, proj_arr, prm, hs, dy):
+    """The backward kernel's outputs: du, ddl per sequence; dBC (G, 2N, Lp); dprm (G, 2+N, Dp) = [dD, dbias, dA]."""
+    flip, seq = _per_sequence(plan, u, dl, proj_arr, prm)
+    _, vjp = jax.vjp(lambda *s: _emulated_y(plan, flip, *s), *seq)
+    du, ddl, dbc, dD, dbias, dA = vjp(dy)
+    dbc = jnp.swapaxes(flip(jnp.swapaxes(dbc, 1, 2)), 1, 2)
+    dprm = jnp.concatenate([dD[:, None], dbias[:, None], dA], axis=1)
+    return flip(du).astype(u.dtype), flip(ddl).astype(u.dtype if dl is None else dl.dtype), dbc, dprm
+
+
+@pytest.fixture
+def emulated_kernels(monkeypatch):
+    monkeypatch.setattr(mgpu, "_forward", emulated_forward)
+    monkeypatch.setattr(mgpu, "_backward", emulated_backward)
+
+
+def _check(fn, ref, args, names, fwd_tol=1e-5, grad_tol=1e-4):
+    y, y_ref = fn(*args), ref(*args)
+    assert y.shape == y_ref.shape and y.dtype == f32
+    assert rel_err(y, y_ref) < fwd_tol, f"forward {rel_err(y, y_ref):.2e}"
+    w = jax.random.normal(jax.random.PRNGKey(7), y_ref.shape)
+    argnums = tuple(range(len(args)))
+    g = jax.grad(lambda *a: jnp.sum(fn(*a) * w), argnums)(*args)
+    g_ref = jax.grad(lambda *a: jnp.sum(ref(*a) * w), argnums)(*args)
+    for name, gi, gr in zip(names, g, g_ref):
+        assert gi.shape == gr.shape, name
+        assert rel_err(gi, gr) < grad_tol, f"d{name}: {rel_err(gi, gr):.2e}"
+
+
+@pytest.mark.parametrize("d_state", [1, 16])
+def test_selective_scan_wrapper(emulated_kernels, d_state):
+    """Channel-major <-> channel-minor layout, D padded 12 -> 128, L 37 -> two tiles, the (K, 2+N, Dp) tile."""
+    args = make_inputs(1, batch=2, groups=2, per_group=12, d_state=d_state, length=37)
+    _check(mgpu.selective_scan, selective_scan_reference, args, ("u", "delta", "A", "B", "C", "D", "delta_bias"))
+
+
+@pytest.mark.parametrize("directions", [(0, 1, 2, 3), (2, 3), (1,)], ids=["all", "reversed", "column"])
+@pytest.mark.parametrize("d_state", [1, 16])
+def test_fused_core_wrapper(emulated_kernels, d_state, directions):
+    """Two sources (row- and column-major), reversed orders, low-rank delta, the merge; a non-square 3x5 map."""
+    x, *params = make_core_inputs(2, 2, 3, 5, 12, d_state, 3, f32)
+    k = len(directions)
+    xw, dw, db, al, ds = params
+    params = (xw[:k], dw[:k], db[:k], al[:k * 12], ds[:k * 12])  # the parameters of `directions` only
+    _check(lambda *a: fused.ss2d_core(*a, directions=directions),
+           lambda *a: ss2d_core_reference(*a, scan_implementation="xla", directions=directions),
+           (x, *params), ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"))
+
+
+def test_fused_core_wrapper_check_can_fail(emulated_kernels, monkeypatch):
+    """A plan that forgot to reverse orders 2 and 3 must fail the comparison."""
+    x, *params = make_core_inputs(3, 1, 3, 5, 12, 1, 3, f32)
+    real_plan = mgpu._Plan
+    monkeypatch.setattr(mgpu, "_Plan", lambda **kw: real_plan(**{**kw, "reverse": (False,) * kw["groups"]}))
+    y = fused.ss2d_core(x, *params)
+    assert rel_err(y, ss2d_core_reference(x, *params, scan_implementation="xla")) > 1e-2
+
+
+# ------------------------------------------------------------------------------------------------ auto pick
+
+def test_auto_on_hopper_picks_fused_core_only_for_verified_d_state(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(mgpu, "is_supported", lambda: True)
+    monkeypatch.setattr(fused, "is_supported", lambda: True)
+    assert ss2d_api.resolve_implementation(None, d_state=1) == "fused_mosaic_gpu"
+    assert 16 not in fused.VERIFIED_D_STATES
+    assert ss2d_api.resolve_implementation(None, d_state=16) == "pallas_mosaic_gpu"  # the scan composition
+    assert scan_api.resolve_implementation(None) == "pallas_mosaic_gpu"
+    assert ss2d_api.resolve_implementation("fused_mosaic_gpu") == "fused_mosaic_gpu"  # by name: any d_state
