@@ -1,8 +1,12 @@
-"""GPU correctness tests of the selective-scan kernels against the `lax.scan` reference (run on a GPU, output committed).
+"""GPU correctness tests of the selective-scan kernels and the fused SS2D core against their XLA references (run on a
+GPU, output committed).
 
 Mosaic GPU has no CPU interpreter, so CI cannot run `pallas_mosaic_gpu`; this script is its test. Every case draws
 fresh random inputs and compares the forward and `jax.grad` wrt every input (u, delta, A, B, C, D, delta_bias) with
 the reference, at VMamba's stage lengths L = 3136, 784, 196, 49 and an odd L, d_state N = 1 and 16, bf16 and fp32.
+Fused SS2D cores (`--impls fused_mosaic_gpu`) are compared with `ss2d_core_reference` (cross-scan, `lax.scan`,
+cross-merge), forward and the grads of all six inputs, at VMamba-T's four stage maps (56x56x96 .. 7x7x768) and an odd
+5x7x96 map.
 Tolerances are the CPU test's (tests/test_selective_scan_kernels.py): max abs error over max |reference|
 below 1e-5 (fp32 forward), 1e-4 (fp32 grads), 1e-2 (bf16).
 
@@ -41,6 +45,37 @@ DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
 
+def ss2d_inputs(seed, batch, h, w, d, d_state, dtype):
+    """x (B, H, W, D) and the SS2D parameters at the scale of an initialised model (fresh random values)."""
+    k, r = 4, -(-d // 16)
+    ks = jax.random.split(jax.random.PRNGKey(seed), 6)
+    x = jax.nn.silu(jax.random.normal(ks[0], (batch, h, w, d))).astype(dtype)
+    x_proj = jax.random.uniform(ks[1], (k, r + 2 * d_state, d), minval=-1, maxval=1) / d ** 0.5
+    dt_w = jax.random.uniform(ks[2], (k, d, r), minval=-1, maxval=1) / r ** 0.5
+    dt_b = jnp.log(jnp.expm1(jnp.exp(jax.random.uniform(ks[3], (k, d), minval=jnp.log(1e-3), maxval=jnp.log(0.1)))))
+    A_logs = jnp.log(jnp.tile(jnp.arange(1, d_state + 1, dtype=jnp.float32), (k * d, 1))) \
+        + 0.1 * jax.random.normal(ks[4], (k * d, d_state))
+    Ds = 1.0 + 0.1 * jax.random.normal(ks[5], (k * d,))
+    return x, x_proj, dt_w, dt_b, A_logs, Ds
+
+
+def check_ss2d_case(impl, batch, h, w, d, d_state, dtype_name, seed):
+    from pallas_kernels.ss2d import ss2d_core, ss2d_core_reference
+    args = ss2d_inputs(seed, batch, h, w, d, d_state, DTYPES[dtype_name])
+    ref = lambda *a: ss2d_core_reference(*a, scan_implementation="xla")  # noqa: E731
+    fn = lambda *a: ss2d_core(*a, implementation=impl)  # noqa: E731
+    wgt = jax.random.normal(jax.random.PRNGKey(seed + 1), (batch, h, w, d))
+    argnums = tuple(range(6))
+    errs = {"y": rel_err(jax.jit(fn)(*args), jax.jit(ref)(*args))}
+    g_fn = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) * wgt), argnums))(*args)
+    g_ref = jax.jit(jax.grad(lambda *a: jnp.sum(ref(*a) * wgt), argnums))(*args)
+    for name, gi, gr in zip(("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"), g_fn, g_ref):
+        errs["d" + name] = rel_err(gi, gr)
+    fwd_tol, grad_tol = TOL[dtype_name]
+    ok = errs["y"] < fwd_tol and all(v < grad_tol for k, v in errs.items() if k != "y")
+    return errs, ok
+
+
 def check_case(impl, batch, groups, per_group, d_state, length, dtype_name, seed):
     args = make_inputs(seed, batch, groups, per_group, d_state, length, DTYPES[dtype_name])
     fn = lambda *a: api.selective_scan(*a, implementation=impl)  # noqa: E731
@@ -59,7 +94,10 @@ def check_case(impl, batch, groups, per_group, d_state, length, dtype_name, seed
 
 def run_case(impl, b, k, d, n, length, dtype_name, seed):
     try:
-        errs, ok = check_case(impl, b, k, d, n, length, dtype_name, seed)
+        if impl.startswith("fused"):  # k is the map's (H, W)
+            errs, ok = check_ss2d_case(impl, b, *k, d, n, dtype_name, seed)
+        else:
+            errs, ok = check_case(impl, b, k, d, n, length, dtype_name, seed)
         return dict(errors=errs, passed=ok)
     except Exception as e:  # noqa: BLE001 - record and continue: one broken case must not hide the others
         return dict(errors=None, passed=False, exception=f"{type(e).__name__}: {str(e)[:2000]}",
@@ -82,10 +120,15 @@ def main():
                date=datetime.date.today().isoformat())
     print(json.dumps(env))
     lengths = [3136, 784, 196, 49, 37]
+    maps = [(56, 56, 96), (28, 28, 192), (14, 14, 384), (7, 7, 768), (5, 7, 96)]  # VMamba-T's stages, an odd map
     cases = []
     for impl in args.impls.split(","):
         for n in (1, 16):
             for dtype_name in ("fp32", "bf16"):
+                if impl.startswith("fused"):
+                    for (h, w, d) in maps[:1] if args.quick else maps:
+                        cases.append((impl, 2, (h, w), d, n, h * w, dtype_name))
+                    continue
                 for length in lengths[:1] if args.quick else lengths:
                     # per_group 96 (VMamba-T stage 1: padded to one 128-lane tile) and 192 (two tiles).
                     per_group = 96 if length in (3136, 49) else 192
@@ -121,6 +164,9 @@ def main():
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(records, indent=1))
+    for impl in dict.fromkeys(r["impl"] for r in records):
+        rs = [r for r in records if r["impl"] == impl]
+        print(f"{impl}: {sum(r['passed'] for r in rs)}/{len(rs)} cases passed")
     print(f"{len(records) - failed}/{len(records)} cases passed")
     sys.exit(1 if failed else 0)
 

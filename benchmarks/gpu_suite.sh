@@ -4,46 +4,67 @@
 #   bash benchmarks/gpu_suite.sh kernels parity train_T      # stage names, run in order
 #   SCAN_IMPL=associative bash benchmarks/gpu_suite.sh train_T   # the scan the timing stages use
 #
-# Stages: kernels (benchmarks/gpu_kernel_tests.py; reruns isolated on a failure), parity (model parity + torch
-# converter tests with every implementation the GPU has), train_{T,S,B}, scan, cifar10, derivatives, resolution.
+# Stages: kernels (benchmarks/gpu_kernel_tests.py for the plain scan and the fused SS2D core, two processes at once;
+# a crashed one reruns isolated), parity (model parity + torch converter tests with every implementation the GPU has),
+# sweep (the kernels' tile/unroll variants), scan, breakdown (where the train step's time goes), train_{T,S,B},
+# cifar10, derivatives, resolution.
 #
 # Needs: the wheels of what the GPU image lacks in .whl/ (grain, ml_collections, array_record, tensorboardX,
 # portpicker), the parity fixtures in .parity/ and, for `cifar10`, the two CIFAR-10 tars in .data/ (all git-ignored,
-# carried by the device tool). Every stage writes its full log and result files under $OUT (default /tmp/out).
+# carried by the device tool). Every stage writes its full log and result files under $RES (default /tmp/suite),
+# packed after each stage into $OUT/suite.tgz (the device tool returns at most 8 files).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+RES=${RES:-/tmp/suite}
+mkdir -p "$OUT" "$RES"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # stages may share the GPU (the two kernel test processes do)
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 fi
-export PYTHONUNBUFFERED=1 VMAMBA_PARITY_DIR=$PWD/.parity BENCH_OUT_DIR=$OUT
+export PYTHONUNBUFFERED=1 VMAMBA_PARITY_DIR=$PWD/.parity BENCH_OUT_DIR=$RES
 summary=()
 stage() {  # stage NAME TIMEOUT_S CMD...
   local name=$1 t=$2; shift 2
   local t0=$SECONDS
   echo "=== $name: $*"
-  timeout "$t" "$@" 2>&1 | tee "$OUT/$name.log"
-  local rc=${PIPESTATUS[0]}
+  timeout "$t" "$@" > "$RES/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$RES/$name.log"
   summary+=("$name rc=$rc $((SECONDS - t0))s")
+  tar czf "$OUT/suite.tgz" -C "$RES" .
+}
+kernel_tests() {  # kernel_tests IMPL TIMEOUT: one process, then every case isolated if a crash poisoned it
+  local impl=$1 t=$2 t0=$SECONDS
+  timeout "$t" python3 benchmarks/gpu_kernel_tests.py --impls "$impl" --out "$RES/gpu_kernel_tests_$impl.json" \
+    > "$RES/kernels_$impl.log" 2>&1
+  if grep -q "CUDA_ERROR\|Segmentation\|core dumped" "$RES/kernels_$impl.log" && ((SECONDS - t0 < t - 30)); then
+    timeout $((t - SECONDS + t0)) python3 benchmarks/gpu_kernel_tests.py --impls "$impl" --isolate \
+      --out "$RES/gpu_kernel_tests_${impl}_isolated.json" > "$RES/kernels_${impl}_isolated.log" 2>&1
+  fi
 }
 for s in "$@"; do
   case $s in
-    kernels)  stage kernels 230 python3 benchmarks/gpu_kernel_tests.py --out "$OUT/gpu_kernel_tests_h100.json"
-              # A kernel crash poisons the process' CUDA context: then rerun every case in its own process.
-              grep -q "20/20 cases passed" "$OUT/kernels.log" || stage kernels_isolated 300 \
-                python3 benchmarks/gpu_kernel_tests.py --isolate --out "$OUT/gpu_kernel_tests_isolated_h100.json" ;;
+    kernels)  t0=$SECONDS; echo "=== kernels"
+              # A kernel crash poisons its process' CUDA context, hence one process per implementation.
+              kernel_tests pallas_mosaic_gpu 180 & kernel_tests fused_mosaic_gpu 180 & wait
+              grep -h "cases passed\|FAIL" "$RES"/kernels_*.log | head -40
+              summary+=("kernels $((SECONDS - t0))s"); tar czf "$OUT/suite.tgz" -C "$RES" . ;;
+    sweep)    stage sweep 90 python3 benchmarks/scan_bench.py --sweep --out "$RES/scan_sweep.json" ;;
+    breakdown) stage breakdown 150 python3 benchmarks/train_step_breakdown.py --impl "${SCAN_IMPL:-fused_mosaic_gpu}" \
+                --variants "${BREAKDOWN:-model,shift_conv}" --out "$RES/train_step_breakdown.json" ;;
     parity)   stage parity 170 python3 -m pytest -q -p no:cacheprovider tests/test_vmamba_parity.py \
                 tests/test_convert_torch.py ;;
     train_*)  stage "$s" 180 python3 benchmarks/train_throughput.py --models "${s#train_}" --steps 10 --warmup 3 \
-                --impl "${SCAN_IMPL:-pallas_mosaic_gpu}" --timeout_s 170 --out_dir "$OUT" ;;
-    scan)     stage scan 300 python3 benchmarks/scan_bench.py --out "$OUT/scan_h100.json" ;;
+                --impl "${SCAN_IMPL:-fused_mosaic_gpu}" --timeout_s 170 --out_dir "$RES" ;;
+    scan)     stage scan 150 python3 benchmarks/scan_bench.py --impls "${SCAN_IMPLS:-pallas_mosaic_gpu}" \
+                --skip-model --out "$RES/scan.json" ;;
     cifar10)  stage cifar10 590 python3 benchmarks/train_cifar10.py --data_dir .data --budget_minutes 8.5 \
-                --out_dir "$OUT" ;;
+                --out_dir "$RES" ;;
     derivatives) stage derivatives 590 python3 benchmarks/derivatives_bench.py --models msvmamba_v3_tiny,resvmamba_small \
-                --impl "${SCAN_IMPL:-pallas_mosaic_gpu}" --timeout_s 280 --budget_s 560 --out_dir "$OUT" ;;
-    resolution) stage resolution 590 python3 benchmarks/resolution_scaling.py --out "$OUT" --no-flops \
-                --resolutions 384,640,768,1024 ;;
+                --impl "${SCAN_IMPL:-fused_mosaic_gpu}" --timeout_s 280 --budget_s 560 --out_dir "$RES" ;;
+    resolution) stage resolution 560 python3 benchmarks/resolution_scaling.py --out "$RES" --no-flops \
+                --resolutions "${RESOLUTIONS:-224,384,512,640,768,1024}" --budget-s "${BUDGET_S:-470}" ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done

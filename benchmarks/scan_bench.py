@@ -51,6 +51,17 @@ OFFICIAL = {  # targets.md: official oflex CUDA kernel on an H100, (fwd_ms, fwd_
 }
 
 
+STAGES = [(56, 96), (28, 192), (14, 384), (7, 768)]  # VMamba-T's (map side, channels) at 224
+SWEEP = [(64, 32, 1), (64, 32, 4), (64, 32, 8), (32, 32, 4), (32, 32, 8), (128, 32, 4)]  # (seq_tile, bwd tile, unroll)
+
+
+def _supported(ss2d_api, impl):
+    import importlib
+    if impl in ss2d_api._FUSED:
+        return importlib.import_module(ss2d_api._FUSED[impl]).is_supported()
+    return impl in api.available_implementations()
+
+
 def timeit(fn, *args, warmup=3, reps=20):
     out = fn(*args)
     jax.block_until_ready(out)
@@ -64,11 +75,16 @@ def timeit(fn, *args, warmup=3, reps=20):
     return float(np.median(ts)) * 1e3
 
 
-def bench_scan(impl, b, k, c, n, length, dtype_name):
+def bench_scan(impl, b, k, c, n, length, dtype_name, **kernel_kwargs):
     args = make_inputs(0, b, k, c, n, length, DTYPES[dtype_name])
-    fwd = jax.jit(lambda *a: api.selective_scan(*a, implementation=impl))
+    if kernel_kwargs:  # tile / unroll sweep of the GPU kernel: call it directly
+        from pallas_kernels.selective_scan import pallas_mosaic_gpu as mod
+        op = lambda *a: mod.selective_scan(*a, **kernel_kwargs)  # noqa: E731
+    else:
+        op = lambda *a: api.selective_scan(*a, implementation=impl)  # noqa: E731
+    fwd = jax.jit(op)
     w = jnp.ones((b, k * c, length), jnp.float32)
-    grad = jax.jit(jax.grad(lambda *a: jnp.sum(api.selective_scan(*a, implementation=impl) * w), tuple(range(7))))
+    grad = jax.jit(jax.grad(lambda *a: jnp.sum(op(*a) * w), tuple(range(7))))
     fwd_ms = timeit(fwd, *args)
     fwd_bwd_ms = timeit(grad, *args)
     isz = jnp.dtype(DTYPES[dtype_name]).itemsize
@@ -76,8 +92,11 @@ def bench_scan(impl, b, k, c, n, length, dtype_name):
     return dict(fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fwd_bwd_ms, 4), fwd_GBps=round(nbytes / fwd_ms / 1e6, 1))
 
 
-def bench_ss2d(impl, b, hw, d, n, dtype_name):
+def bench_ss2d(impl, b, hw, d, n, dtype_name, **kernel_kwargs):
     from pallas_kernels.ss2d import ss2d_core
+    if kernel_kwargs:  # tile / unroll sweep of the fused GPU core: call it directly
+        from pallas_kernels.ss2d import pallas_mosaic_gpu as fused
+        ss2d_core = lambda *a, implementation: fused.ss2d_core(*a, **kernel_kwargs)  # noqa: E731
     dtype = DTYPES[dtype_name]
     k, r = 4, -(-d // 16)
     ks = jax.random.split(jax.random.PRNGKey(0), 6)
@@ -108,6 +127,10 @@ def main():
     p.add_argument("--impls", default=None, help="comma list; default: every supported implementation but 'xla'")
     p.add_argument("--out", default=None)
     p.add_argument("--skip-model", action="store_true")
+    p.add_argument("--sweep", action="store_true",
+                   help="only time the GPU kernels' (seq_tile, bwd_seq_tile, unroll) variants at stage 1, bf16")
+    p.add_argument("--ss2d-impls", default="fused_mosaic_gpu,pallas_mosaic_gpu,associative",
+                   help="SS2D cores timed at VMamba-T's four stages (those not supported here are skipped)")
     args = p.parse_args()
     impls = args.impls.split(",") if args.impls else [i for i in api.available_implementations() if i != "xla"]
     dev = jax.devices()[0]
@@ -125,15 +148,28 @@ def main():
         records.append(rec)
         print(kind, json.dumps(rec), flush=True)
 
+    if args.sweep:
+        stage1 = dict(B=128, K=4, C=96, N=1, L=3136, dtype="bf16")
+        for tl_f, tl_b, unroll in SWEEP:
+            kw = dict(seq_tile=tl_f, bwd_seq_tile=tl_b, unroll=unroll)
+            run("sweep", f"pallas_mosaic_gpu{kw}", stage1, lambda: bench_scan("", 128, 4, 96, 1, 3136, "bf16", **kw))
+            run("sweep", f"ss2d_core/fused_mosaic_gpu{kw}", stage1,
+                lambda: bench_ss2d("", 128, 56, 96, 1, "bf16", **kw))
+        impls, args.skip_model = [], True
     for impl in impls:
         for (b, k, c, n, length, dt) in SHAPES:
             shape = dict(B=b, K=k, C=c, N=n, L=length, dtype=dt)
             run("scan", impl, shape, lambda: bench_scan(impl, b, k, c, n, length, dt))
-    for impl in impls:
-        run("ss2d", "ss2d_core/" + impl, dict(B=128, K=4, C=96, N=1, L=3136, dtype="bf16"),
-            lambda: bench_ss2d(impl, 128, 56, 96, 1, "bf16"))
+    from pallas_kernels.ss2d import api as ss2d_api
+    ss2d_impls = [] if args.sweep else [i for i in args.ss2d_impls.split(",") if _supported(ss2d_api, i)]
+    for impl in ss2d_impls:
+        for hw, c in STAGES:
+            if impl == "associative" and hw != 56:
+                continue
+            run("ss2d", "ss2d_core/" + impl, dict(B=128, K=4, C=c, N=1, L=hw * hw, dtype="bf16"),
+                lambda: bench_ss2d(impl, 128, hw, c, 1, "bf16"))
     if not args.skip_model:
-        for impl in impls:
+        for impl in dict.fromkeys(ss2d_impls + impls):
             run("model", "vmamba_tiny_s1l8/" + impl, dict(B=128, resolution=224, dtype="bf16"),
                 lambda: bench_model(impl))
 
