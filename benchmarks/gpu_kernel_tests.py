@@ -109,6 +109,7 @@ def main():
     p.add_argument("--impls", default="pallas_mosaic_gpu")
     p.add_argument("--out", default=None)
     p.add_argument("--quick", action="store_true", help="one case per (N, dtype)")
+    p.add_argument("--d-states", default="1,16", help="comma list of d_state values to test")
     p.add_argument("--case", type=int, default=None, help="run only this case index (used by --isolate)")
     p.add_argument("--isolate", action="store_true",
                    help="run every case in its own process, so a crashed kernel cannot poison the CUDA context of "
@@ -123,7 +124,7 @@ def main():
     maps = [(56, 56, 96), (28, 28, 192), (14, 14, 384), (7, 7, 768), (5, 7, 96)]  # VMamba-T's stages, an odd map
     cases = []
     for impl in args.impls.split(","):
-        for n in (1, 16):
+        for n in (int(v) for v in args.d_states.split(",")):
             for dtype_name in ("fp32", "bf16"):
                 if impl.startswith("fused"):
                     for (h, w, d) in maps[:1] if args.quick else maps:
@@ -140,7 +141,8 @@ def main():
         rec = dict(impl=impl, B=b, K=k, C=d, N=n, L=length, dtype=dtype_name, **env)
         t0 = time.time()
         if args.isolate:
-            cmd = [sys.executable, __file__, "--impls", impl, "--case", str(i)] + (["--quick"] if args.quick else [])
+            cmd = [sys.executable, __file__, "--impls", impl, "--case", str(i), "--d-states", args.d_states] + (
+                ["--quick"] if args.quick else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RECORD ")]
             if lines:

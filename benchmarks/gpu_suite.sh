@@ -2,7 +2,8 @@
 # The GPU checks and timings, in stages, for one device call each (device time is short: one call, many stages).
 #
 #   bash benchmarks/gpu_suite.sh kernels parity train_T      # stage names, run in order
-#   SCAN_IMPL=associative bash benchmarks/gpu_suite.sh train_T   # the scan the timing stages use
+#   SCAN_IMPL=associative bash benchmarks/gpu_suite.sh train_T   # the scan the timing stages use (default: auto)
+#   KERNEL_IMPLS=fused_mosaic_gpu D_STATES=16 KERNEL_S=240 bash benchmarks/gpu_suite.sh kernels   # a subset of tests
 #
 # Stages: kernels (benchmarks/gpu_kernel_tests.py for the plain scan and the fused SS2D core, two processes at once;
 # a crashed one reruns isolated), parity (model parity + torch converter tests with every implementation the GPU has),
@@ -36,10 +37,10 @@ stage() {  # stage NAME TIMEOUT_S CMD...
 }
 kernel_tests() {  # kernel_tests IMPL TIMEOUT: one process, then every case isolated if a crash poisoned it
   local impl=$1 t=$2 t0=$SECONDS
-  timeout "$t" python3 benchmarks/gpu_kernel_tests.py --impls "$impl" --out "$RES/gpu_kernel_tests_$impl.json" \
-    > "$RES/kernels_$impl.log" 2>&1
+  timeout "$t" python3 benchmarks/gpu_kernel_tests.py --impls "$impl" --d-states "${D_STATES:-1,16}" \
+    --out "$RES/gpu_kernel_tests_$impl.json" > "$RES/kernels_$impl.log" 2>&1
   if grep -q "CUDA_ERROR\|Segmentation\|core dumped" "$RES/kernels_$impl.log" && ((SECONDS - t0 < t - 30)); then
-    timeout $((t - SECONDS + t0)) python3 benchmarks/gpu_kernel_tests.py --impls "$impl" --isolate \
+    timeout $((t - SECONDS + t0)) python3 benchmarks/gpu_kernel_tests.py --impls "$impl" --isolate --d-states "${D_STATES:-1,16}" \
       --out "$RES/gpu_kernel_tests_${impl}_isolated.json" > "$RES/kernels_${impl}_isolated.log" 2>&1
   fi
 }
@@ -47,22 +48,23 @@ for s in "$@"; do
   case $s in
     kernels)  t0=$SECONDS; echo "=== kernels"
               # A kernel crash poisons its process' CUDA context, hence one process per implementation.
-              kernel_tests pallas_mosaic_gpu 180 & kernel_tests fused_mosaic_gpu 180 & wait
+              for impl in ${KERNEL_IMPLS:-pallas_mosaic_gpu fused_mosaic_gpu}; do kernel_tests "$impl" "${KERNEL_S:-180}" & done
+              wait
               grep -h "cases passed\|FAIL" "$RES"/kernels_*.log | head -40
               summary+=("kernels $((SECONDS - t0))s"); tar czf "$OUT/suite.tgz" -C "$RES" . ;;
     sweep)    stage sweep 90 python3 benchmarks/scan_bench.py --sweep --out "$RES/scan_sweep.json" ;;
-    breakdown) stage breakdown 150 python3 benchmarks/train_step_breakdown.py --impl "${SCAN_IMPL:-fused_mosaic_gpu}" \
+    breakdown) stage breakdown 300 python3 benchmarks/train_step_breakdown.py ${SCAN_IMPL:+--impl "$SCAN_IMPL"} \
                 --variants "${BREAKDOWN:-model,shift_conv}" --out "$RES/train_step_breakdown.json" ;;
     parity)   stage parity 170 python3 -m pytest -q -p no:cacheprovider tests/test_vmamba_parity.py \
                 tests/test_convert_torch.py ;;
     train_*)  stage "$s" 180 python3 benchmarks/train_throughput.py --models "${s#train_}" --steps 10 --warmup 3 \
-                --impl "${SCAN_IMPL:-fused_mosaic_gpu}" --timeout_s 170 --out_dir "$RES" ;;
+                ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --timeout_s 170 --out_dir "$RES" ;;
     scan)     stage scan 150 python3 benchmarks/scan_bench.py --impls "${SCAN_IMPLS:-pallas_mosaic_gpu}" \
                 --skip-model --out "$RES/scan.json" ;;
     cifar10)  stage cifar10 590 python3 benchmarks/train_cifar10.py --data_dir .data --budget_minutes 8.5 \
                 --out_dir "$RES" ;;
     derivatives) stage derivatives 590 python3 benchmarks/derivatives_bench.py --models msvmamba_v3_tiny,resvmamba_small \
-                --impl "${SCAN_IMPL:-fused_mosaic_gpu}" --timeout_s 280 --budget_s 560 --out_dir "$RES" ;;
+                ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --timeout_s 280 --budget_s 560 --out_dir "$RES" ;;
     resolution) stage resolution 560 python3 benchmarks/resolution_scaling.py --out "$RES" --no-flops \
                 --resolutions "${RESOLUTIONS:-224,384,512,640,768,1024}" --budget-s "${BUDGET_S:-470}" ;;
     *) echo "unknown stage $s"; exit 2 ;;

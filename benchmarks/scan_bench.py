@@ -52,7 +52,11 @@ OFFICIAL = {  # targets.md: official oflex CUDA kernel on an H100, (fwd_ms, fwd_
 
 
 STAGES = [(56, 96), (28, 192), (14, 384), (7, 768)]  # VMamba-T's (map side, channels) at 224
-SWEEP = [(64, 32, 1), (64, 32, 4), (64, 32, 8), (32, 32, 4), (32, 32, 8), (128, 32, 4)]  # (seq_tile, bwd tile, unroll)
+# (seq_tile, bwd tile, unroll). The 2026-12-01 H200 sweep timed the first six (results/scan_h200.md); the backward's
+# SMEM at tile 32 (~130 KB) leaves one block per SM, hence the tile-16 rows (the plain scan's N = 1 bf16 B/C tile is
+# under TMA's 128-byte minimum there, so only the fused core runs them).
+SWEEP = [(64, 32, 1), (64, 32, 4), (64, 32, 8), (32, 32, 4), (32, 32, 8), (128, 32, 4), (32, 16, 1), (32, 16, 4),
+         (16, 16, 4)]
 
 
 def _supported(ss2d_api, impl):
