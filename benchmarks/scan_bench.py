@@ -18,17 +18,16 @@ import argparse
 import datetime
 import json
 import sys
-import time
 import traceback
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import median, time_fn  # noqa: E402
 from gpu_kernel_tests import DTYPES, make_inputs  # noqa: E402
 from pallas_kernels.selective_scan import api  # noqa: E402
 
@@ -67,16 +66,8 @@ def _supported(ss2d_api, impl):
 
 
 def timeit(fn, *args, warmup=3, reps=20):
-    out = fn(*args)
-    jax.block_until_ready(out)
-    for _ in range(warmup - 1):
-        jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)) * 1e3
+    """Median milliseconds of fn(*args) (benchmarks/common.py's synchronised timing)."""
+    return median(time_fn(lambda: fn(*args), warmup=warmup, repeats=reps)) * 1e3
 
 
 def bench_scan(impl, b, k, c, n, length, dtype_name, **kernel_kwargs):
@@ -97,10 +88,13 @@ def bench_scan(impl, b, k, c, n, length, dtype_name, **kernel_kwargs):
 
 
 def bench_ss2d(impl, b, hw, d, n, dtype_name, **kernel_kwargs):
+    from pallas_kernels.ss2d import pallas_mosaic_gpu as fused
     from pallas_kernels.ss2d import ss2d_core
-    if kernel_kwargs:  # tile / unroll sweep of the fused GPU core: call it directly
-        from pallas_kernels.ss2d import pallas_mosaic_gpu as fused
-        ss2d_core = lambda *a, implementation: fused.ss2d_core(*a, **kernel_kwargs)  # noqa: E731
+
+    def core(*a, implementation):
+        if kernel_kwargs:  # tile / unroll sweep of the fused GPU core: call it directly
+            return fused.ss2d_core(*a, **kernel_kwargs)
+        return ss2d_core(*a, implementation=implementation)
     dtype = DTYPES[dtype_name]
     k, r = 4, -(-d // 16)
     ks = jax.random.split(jax.random.PRNGKey(0), 6)
@@ -111,8 +105,8 @@ def bench_ss2d(impl, b, hw, d, n, dtype_name, **kernel_kwargs):
     al = jnp.log(jnp.tile(jnp.arange(1, n + 1, dtype=jnp.float32), (k * d, 1)))
     ds = jnp.ones((k * d,))
     params = (xw, dw, db, al, ds)
-    fwd = jax.jit(lambda x, *p: ss2d_core(x, *p, implementation=impl))
-    grad = jax.jit(jax.grad(lambda x, *p: jnp.sum(ss2d_core(x, *p, implementation=impl)), tuple(range(6))))
+    fwd = jax.jit(lambda x, *p: core(x, *p, implementation=impl))
+    grad = jax.jit(jax.grad(lambda x, *p: jnp.sum(core(x, *p, implementation=impl)), tuple(range(6))))
     return dict(fwd_ms=round(timeit(fwd, x, *params), 4), fwd_bwd_ms=round(timeit(grad, x, *params), 4))
 
 

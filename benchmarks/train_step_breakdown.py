@@ -20,11 +20,11 @@ from unittest import mock
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vmamba_jax  # noqa: E402
+from benchmarks.common import median, time_fn  # noqa: E402
 from vmamba_jax.models import ss2d as ss2d_module  # noqa: E402
 
 
@@ -60,18 +60,6 @@ def trivial_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *
     return x.astype(jnp.float32) * Ds[:d] + dt_projs_bias[0]
 
 
-def timeit(fn, *args, warmup=2, reps=10):
-    jax.block_until_ready(fn(*args))
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)) * 1e3
-
-
 def measure(impl, variant, batch, res):
     patches = []
     if variant in ("trivial_core", "trivial_core+shift_conv"):
@@ -95,7 +83,8 @@ def measure(impl, variant, batch, res):
         t0 = time.perf_counter()
         jax.block_until_ready(grad(params, x))
         compile_s = time.perf_counter() - t0
-        return dict(fwd_ms=round(timeit(fwd, params, x), 2), fwd_bwd_ms=round(timeit(grad, params, x), 2),
+        ms = lambda f: round(median(time_fn(lambda: f(params, x), warmup=2, repeats=10)) * 1e3, 2)  # noqa: E731
+        return dict(fwd_ms=ms(fwd), fwd_bwd_ms=ms(grad),
                     grad_compile_s=round(compile_s, 1))
     finally:
         for p in patches:
