@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import median, time_fn  # noqa: E402
 from gpu_kernel_tests import DTYPES, make_inputs  # noqa: E402
+from pallas_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
+from pallas_kernels.selective_scan.testing import rel_err  # noqa: E402
 from pallas_kernels.selective_scan import api  # noqa: E402
 
 # (B, K, C, N, L, dtype): targets.md, "The selective scan alone".
@@ -51,11 +53,14 @@ OFFICIAL = {  # targets.md: official oflex CUDA kernel on an H100, (fwd_ms, fwd_
 
 
 STAGES = [(56, 96), (28, 192), (14, 384), (7, 768)]  # VMamba-T's (map side, channels) at 224
-# (seq_tile, bwd tile, unroll). The 2026-12-01 H200 sweep timed the first six (results/scan_h200.md); the backward's
-# SMEM at tile 32 (~130 KB) leaves one block per SM, hence the tile-16 rows (the plain scan's N = 1 bf16 B/C tile is
-# under TMA's 128-byte minimum there, so only the fused core runs them).
-SWEEP = [(64, 32, 1), (64, 32, 4), (64, 32, 8), (32, 32, 4), (32, 32, 8), (128, 32, 4), (32, 16, 1), (32, 16, 4),
-         (16, 16, 4)]
+# Kernel variants (pallas_mosaic_gpu._Plan knobs) timed at stage 1 by --sweep, each checked against the XLA
+# reference. The 2026-12-01 H200 sweep timed the (64|32|128, 32, 1|4|8) rows without the check (results/scan_h200.md).
+# The kernels are latency bound with few blocks per SM, so the new rows shrink SMEM: y stored straight to GMEM
+# (direct_store) and backward tile 16 (its ~130 KB at tile 32 leaves one block per SM; the plain scan's N = 1 bf16
+# B/C tile is under TMA's 128-byte minimum at 16, so only the fused core runs those).
+SWEEP = [dict(seq_tile=tf, bwd_seq_tile=tb, unroll=u, direct_store=ds) for tf, tb, u, ds in [
+    (64, 32, 1, False), (32, 32, 1, False), (32, 32, 4, False), (64, 32, 1, True), (32, 32, 1, True),
+    (16, 32, 1, True), (32, 16, 1, False), (32, 16, 1, True), (16, 16, 4, True)]]
 
 
 def _supported(ss2d_api, impl):
@@ -78,13 +83,36 @@ def bench_scan(impl, b, k, c, n, length, dtype_name, **kernel_kwargs):
     else:
         op = lambda *a: api.selective_scan(*a, implementation=impl)  # noqa: E731
     fwd = jax.jit(op)
-    w = jnp.ones((b, k * c, length), jnp.float32)
-    grad = jax.jit(jax.grad(lambda *a: jnp.sum(op(*a) * w), tuple(range(7))))
+    grad = jax.jit(jax.grad(lambda *a: jnp.sum(op(*a)), tuple(range(7))))
     fwd_ms = timeit(fwd, *args)
     fwd_bwd_ms = timeit(grad, *args)
     isz = jnp.dtype(DTYPES[dtype_name]).itemsize
     nbytes = 2 * b * k * c * length * isz + 2 * b * k * n * length * isz + 4 * b * k * c * length
-    return dict(fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fwd_bwd_ms, 4), fwd_GBps=round(nbytes / fwd_ms / 1e6, 1))
+    out = dict(fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fwd_bwd_ms, 4), fwd_GBps=round(nbytes / fwd_ms / 1e6, 1))
+    if kernel_kwargs:
+        out.update(_check_variant(("scan", b, k, c, n, length, dtype_name), fwd, grad, selective_scan_reference, args))
+    return out
+
+
+_REFERENCE_OUTPUTS = {}  # key -> (y, grads) of the XLA reference: computed once per sweep shape
+
+
+def _check_variant(key, fwd, grad, reference, args, tol=1e-2):
+    """A swept kernel variant against the XLA reference (sum-of-outputs cotangent): max relative error over y and
+    every gradient; `checked` when below the bf16 tolerance of benchmarks/gpu_kernel_tests.py."""
+    if key not in _REFERENCE_OUTPUTS:
+        argnums = tuple(range(len(args)))
+        _REFERENCE_OUTPUTS[key] = (jax.jit(reference)(*args),
+                                   jax.jit(jax.grad(lambda *a: jnp.sum(reference(*a)), argnums))(*args))
+    y_ref, g_ref = _REFERENCE_OUTPUTS[key]
+    err = max([rel_err(fwd(*args), y_ref)] + [rel_err(a, r) for a, r in zip(grad(*args), g_ref)])
+    return dict(max_rel_err=err, checked=bool(err < tol))
+
+
+def _check_cell(r):
+    if "checked" not in r:
+        return ""
+    return f"{'ok' if r['checked'] else 'WRONG'} {r['max_rel_err']:.1e}"
 
 
 def bench_ss2d(impl, b, hw, d, n, dtype_name, **kernel_kwargs):
@@ -107,7 +135,12 @@ def bench_ss2d(impl, b, hw, d, n, dtype_name, **kernel_kwargs):
     params = (xw, dw, db, al, ds)
     fwd = jax.jit(lambda x, *p: core(x, *p, implementation=impl))
     grad = jax.jit(jax.grad(lambda x, *p: jnp.sum(core(x, *p, implementation=impl)), tuple(range(6))))
-    return dict(fwd_ms=round(timeit(fwd, x, *params), 4), fwd_bwd_ms=round(timeit(grad, x, *params), 4))
+    out = dict(fwd_ms=round(timeit(fwd, x, *params), 4), fwd_bwd_ms=round(timeit(grad, x, *params), 4))
+    if kernel_kwargs:
+        from pallas_kernels.ss2d import ss2d_core_reference
+        ref = lambda *a: ss2d_core_reference(*a, scan_implementation="xla")  # noqa: E731
+        out.update(_check_variant(("ss2d", b, hw, d, n, dtype_name), fwd, grad, ref, (x, *params)))
+    return out
 
 
 def bench_model(impl, batch=128, res=224):
@@ -148,8 +181,7 @@ def main():
 
     if args.sweep:
         stage1 = dict(B=128, K=4, C=96, N=1, L=3136, dtype="bf16")
-        for tl_f, tl_b, unroll in SWEEP:
-            kw = dict(seq_tile=tl_f, bwd_seq_tile=tl_b, unroll=unroll)
+        for kw in SWEEP:
             run("sweep", f"pallas_mosaic_gpu{kw}", stage1, lambda: bench_scan("", 128, 4, 96, 1, 3136, "bf16", **kw))
             run("sweep", f"ss2d_core/fused_mosaic_gpu{kw}", stage1,
                 lambda: bench_ss2d("", 128, 56, 96, 1, "bf16", **kw))
@@ -174,14 +206,15 @@ def main():
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(records, indent=1))
-    print("\n| impl | B | K | C | N | L | dtype | fwd ms | fwd+bwd ms | official fwd / fwd+bwd ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| impl | B | K | C | N | L | dtype | fwd ms | fwd+bwd ms | official fwd / fwd+bwd ms | sweep check |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         if "L" not in r:
             continue
         off = OFFICIAL.get((r["B"], r["K"], r["C"], r["N"], r["L"], r["dtype"]), ("", ""))
         print(f"| {r['impl']} | {r['B']} | {r['K']} | {r['C']} | {r['N']} | {r['L']} | {r['dtype']} | "
-              f"{r.get('fwd_ms', r.get('error', '')[:40])} | {r.get('fwd_bwd_ms', '')} | {off[0]} / {off[1]} |")
+              f"{r.get('fwd_ms', r.get('error', '')[:40])} | {r.get('fwd_bwd_ms', '')} | {off[0]} / {off[1]} | "
+              f"{_check_cell(r)} |")
     for r in records:
         if "img_per_s" in r or ("resolution" in r):
             print(f"| {r['impl']} | 224px b128 bf16 inference | {r.get('img_per_s', r.get('error', '')[:60])} img/s"
