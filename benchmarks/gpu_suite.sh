@@ -55,7 +55,7 @@ for s in "$@"; do
     sweep)    stage sweep 90 python3 benchmarks/scan_bench.py --sweep --out "$RES/scan_sweep.json" ;;
     breakdown) stage breakdown 300 python3 benchmarks/train_step_breakdown.py ${SCAN_IMPL:+--impl "$SCAN_IMPL"} \
                 --variants "${BREAKDOWN:-model,shift_conv}" --out "$RES/train_step_breakdown.json" ;;
-    parity)   stage parity 170 python3 -m pytest -q -p no:cacheprovider tests/test_vmamba_parity.py \
+    parity)   stage parity 300 python3 -m pytest -q -p no:cacheprovider tests/test_vmamba_parity.py \
                 tests/test_convert_torch.py ;;
     train_*)  stage "$s" 180 python3 benchmarks/train_throughput.py --models "${s#train_}" --steps 10 --warmup 3 \
                 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --timeout_s 170 --out_dir "$RES" ;;

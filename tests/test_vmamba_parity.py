@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.selective_scan import available_implementations
+from pallas_kernels.ss2d import pallas_mosaic_gpu as fused_mosaic_gpu
 from tests.conftest import load_parity, official_kwargs, rel_err
 from vmamba_jax import VSSM
 from vmamba_jax.convert import load_torch_checkpoint, to_torch_state_dict
@@ -22,15 +23,19 @@ from vmamba_jax.convert import load_torch_checkpoint, to_torch_state_dict
 LOGIT_TOL = 1e-4   # issue bar; observed ~1e-6
 GRAD_TOL = 1e-3    # issue bar; observed ~5e-6
 
-# Every scan implementation that runs on this platform (CPU: associative and xla; H100: also pallas_mosaic_gpu).
+# Every scan implementation that runs on this platform (CPU: associative and xla; Hopper: also pallas_mosaic_gpu).
 IMPLS = [i for i in available_implementations() if i != "xla"]
 CASES = [("vmamba_v3_small", "xla")] + [
     (name, impl) for impl in IMPLS
     for name in ("vmamba_v3_small",   # released v2 architecture (v05_noz, d_state 1, ssm_ratio 1)
                  "vmamba_v2_small",   # ssm_ratio 2
                  "vmamba_v0_small")]  # vanilla: v0 forward (gated, d_state 16), PatchMerging, no MLP
-# The fused SS2D core (in Pallas' interpreter off-TPU) on the released architecture.
-CASES.append(("vmamba_v3_small", "fused_mosaic_tpu"))
+# The fused TPU core (in Pallas' interpreter off-TPU; on a GPU that interpreter is only slow, so it is left out there).
+if jax.default_backend() != "gpu":
+    CASES.append(("vmamba_v3_small", "fused_mosaic_tpu"))
+# On a Hopper GPU, the fused GPU core on every fixture (v0 is its d_state 16 model check).
+if fused_mosaic_gpu.is_supported():
+    CASES += [(name, "fused_mosaic_gpu") for name in ("vmamba_v3_small", "vmamba_v2_small", "vmamba_v0_small")]
 # A case's logits and gradient tests share one cached run: `--dist loadgroup` keeps them on one xdist worker.
 CASES = [pytest.param(*case, marks=pytest.mark.xdist_group("-".join(case))) for case in CASES]
 
