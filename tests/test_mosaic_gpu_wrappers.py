@@ -9,12 +9,18 @@ results under benchmarks/results/). Here:
 * the wrappers (layouts, padding, the parameter tile, sources and reversed orders of the fused core, the custom_vjp's
   source sums and low-rank contraction) run with the two kernel calls `_forward` / `_backward` replaced by an XLA
   emulation of their contract, and must reproduce the XLA references, forward and every gradient;
+* under `jax.shard_map` on 8 fake CPU devices (batch sharded; batch x direction sharded) the fused core lowers for
+  CUDA and, emulated, gives the unsharded result;
 * `implementation="auto"` on a Hopper GPU picks the fused core only for a verified d_state.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -150,6 +156,61 @@ def test_fused_core_wrapper_check_can_fail(emulated_kernels, monkeypatch):
     monkeypatch.setattr(mgpu, "_Plan", lambda **kw: real_plan(**{**kw, "reverse": (False,) * kw["groups"]}))
     y = fused.ss2d_core(x, *params)
     assert rel_err(y, ss2d_core_reference(x, *params, scan_implementation="xla")) > 1e-2
+
+
+# ------------------------------------------------------------------------------------------------ shard_map
+
+SHARDED = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import re, jax, jax.numpy as jnp
+    from jax.sharding import AxisType, PartitionSpec as P
+    from pallas_kernels.selective_scan import pallas_mosaic_gpu as mgpu
+    from pallas_kernels.selective_scan.testing import rel_err
+    from pallas_kernels.ss2d import pallas_mosaic_gpu as fused, ss2d_core_direction_parallel
+    from tests.test_mosaic_gpu_wrappers import emulated_backward, emulated_forward
+    from tests.test_ss2d_fused import make_core_inputs
+
+    data = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+    data_dir = jax.make_mesh((2, 4), ("data", "dir"), axis_types=(AxisType.Auto,) * 2)
+
+    def data_parallel(x, *p):
+        return jax.shard_map(fused.ss2d_core, mesh=data, in_specs=(P("data"),) + (P(),) * 5, out_specs=P("data"),
+                             check_vma=False)(x, *p)
+
+    def direction_parallel(x, *p):
+        core = lambda x, *p: ss2d_core_direction_parallel(x, *p, axis_name="dir", implementation="fused_mosaic_gpu")
+        return jax.shard_map(core, mesh=data_dir, in_specs=(P("data"),) + (P("dir"),) * 5, out_specs=P("data"),
+                             check_vma=False)(x, *p)
+
+    def grad(fn):
+        return jax.grad(lambda *a: jnp.sum(fn(*a) * jnp.cos(a[0].astype(jnp.float32))), tuple(range(6)))
+
+    args = make_core_inputs(0, 8, 3, 5, 12, 1, 3, jnp.float32)
+    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args]
+    for name, fn in (("data", data_parallel), ("data x dir", direction_parallel)):
+        for f in (fn, grad(fn)):
+            text = jax.export.export(jax.jit(f), platforms=["cuda"])(*shapes).mlir_module()
+            assert "custom_call @mosaic_gpu" in text, name
+        print("lowered", name)
+
+    mgpu._forward, mgpu._backward = emulated_forward, emulated_backward
+    want_y, want_g = fused.ss2d_core(*args), grad(fused.ss2d_core)(*args)
+    for name, fn in (("data", data_parallel), ("data x dir", direction_parallel)):
+        fn = lambda *a, fn=fn: fn(*a)  # a new function: jit's cache holds the traces with the real kernels
+        err = max([rel_err(jax.jit(fn)(*args), want_y)] +
+                  [rel_err(a, b) for a, b in zip(jax.jit(grad(fn))(*args), want_g)])
+        assert err < 1e-5, (name, err)
+        print("matches", name, err)
+""")
+
+
+def test_fused_core_under_shard_map():
+    proc = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    for name in ("data", "data x dir"):
+        assert f"lowered {name}" in proc.stdout and f"matches {name}" in proc.stdout, proc.stdout
 
 
 # ------------------------------------------------------------------------------------------------ auto pick
