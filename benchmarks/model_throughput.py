@@ -36,7 +36,8 @@ def bench(name: str, impl: str, batch: int, resolution: int, dtype, repeats: int
     times = time_fn(lambda: forward(variables, x), warmup=3, repeats=repeats)
     t = median(times)
     return dict(model=name, batch=batch, resolution=resolution, dtype=jnp.dtype(dtype).name,
-                impl=resolve_implementation(impl), ms_per_batch=t * 1e3, img_per_s=batch / t,
+                impl=resolve_implementation(impl, d_state=getattr(model, "ssm_d_state", None)),
+                ms_per_batch=t * 1e3, img_per_s=batch / t,
                 official_img_per_s=OFFICIAL_BF16_IMG_S.get(name),
                 vs_official=(batch / t) / OFFICIAL_BF16_IMG_S[name] if name in OFFICIAL_BF16_IMG_S else None,
                 **environment())

@@ -153,7 +153,8 @@ def main():
         "img_per_s": sum(r["train/img_per_s"] for r in train_rows) / max(1, len(train_rows)),
         "device": kind, "jax_version": jax.__version__, "date": datetime.date.today().isoformat(),
         "global_batch": cfg.global_batch, "dtype": cfg.dtype, "scan_impl": resolve_implementation(
-            cfg.scan_implementation), "probe": info, "goal_top1": 90.0, "goal_minutes": 10.0,
+            cfg.scan_implementation, d_state=cfg.model.kwargs.get("ssm_d_state")), "probe": info, "goal_top1": 90.0,
+        "goal_minutes": 10.0,
         "command": "python benchmarks/train_cifar10.py " + " ".join(sys.argv[1:]),
     }
     os.makedirs(a.out_dir, exist_ok=True)

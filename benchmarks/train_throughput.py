@@ -71,7 +71,8 @@ def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, re
     stats = jax.devices()[0].memory_stats() or {}
     return {"img_per_s": steps * batch / dt, "step_ms": 1000 * dt / steps, "compile_s": compile_s,
             "peak_gib": stats.get("peak_bytes_in_use", float("nan")) / 2 ** 30, "loss": float(m["loss"]),
-            "impl": resolve_implementation(impl), "params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
+            "impl": resolve_implementation(impl, d_state=getattr(model, "ssm_d_state", None)),
+            "params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
 
 
 def main():
