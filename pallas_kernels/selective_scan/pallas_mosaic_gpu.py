@@ -293,7 +293,8 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states):
 
 def _backward(plan, u, dl, proj_arr, prm, hs, dy):
     """dy (G, Lp, Dp) f32, by position. Returns du, ddl (G, Lp, Dp) per sequence (u's dtype; ddl is d/d(delta
-    before bias)); dBC (G, 2N, Lp) f32 (summed over channel tiles); dprm (G, 2+N, Dp) f32 per-sequence [dD, dbias, dA_j]."""
+    before bias)); dBC (G, 2N, Lp) f32 (summed over channel tiles); dprm (G, 2+N, Dp) f32 per sequence
+    [dD, dbias, dA_j]."""
     G = proj_arr.shape[0]
     _, lp, dp = u.shape
     n, tl = plan.d_state, plan.tl_bwd
