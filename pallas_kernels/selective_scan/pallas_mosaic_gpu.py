@@ -29,9 +29,10 @@ Common to both:
   (`.sum(axis=1)`, the flash-attention row-sum path), giving per-channel-tile partials that XLA sums over tiles. With
   low-rank delta the kernel returns d(delta) per position and XLA contracts it with the dts and dt_proj's weight.
 
-No CPU interpreter exists for Mosaic GPU: the CPU test suite checks that this module is not picked off-GPU and that
-it lowers for CUDA (`jax.export`); the kernel itself is checked against the reference by
-`benchmarks/gpu_kernel_tests.py` on a Hopper GPU (output committed under benchmarks/results/).
+Testing: Pallas' Mosaic GPU interpreter (not yet exported by JAX: `testing.mosaic_gpu_interpreter()`) runs these
+kernels on the CPU on their `direct_store` path, so CI checks the kernel bodies themselves against the reference
+(tests/test_mosaic_gpu_interpret.py); CI also checks that every variant lowers for CUDA (`jax.export`). The compiled
+kernels are checked on a Hopper GPU by `benchmarks/gpu_kernel_tests.py` (output committed under benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ MAX_CONCURRENT_STEPS = 2
 # per-access barriers (two bar.sync per SMEM store) can be turned off. VMAMBA_MGPU_AUTO_BARRIERS=1 turns them back on
 # (a debugging switch: it must not change results, only speed).
 UNSAFE_NO_AUTO_BARRIERS = os.environ.get("VMAMBA_MGPU_AUTO_BARRIERS", "0") != "1"
+# `_Plan.direct_store`'s default. VMAMBA_MGPU_DIRECT_STORE=1 runs benchmarks/gpu_kernel_tests.py on that path.
+DIRECT_STORE = os.environ.get("VMAMBA_MGPU_DIRECT_STORE", "0") == "1"
 
 
 def is_supported() -> bool:
@@ -98,10 +101,13 @@ class _Plan:
     tl_bwd: int
     softplus: bool
     unroll: int = 1
-    # Per-step outputs (the forward's y, the backward's du and d(delta)) go from registers straight to GMEM (coalesced:
-    # 128 lanes per row) instead of through SMEM tiles and TMA stores: no (TL, 128) output buffers, so more blocks fit
-    # on an SM (the lowering's SMEM at stage 1: forward 105 KB -> 41 KB, at tile 32 55 -> 23 KB).
+    # Every output (the forward's y and boundary states, the backward's du, d(delta) and dB/dC partials) goes from
+    # registers straight to GMEM (coalesced: 128 lanes per row) instead of through SMEM tiles and TMA stores: no output
+    # buffers, so more blocks fit on an SM (the lowering's SMEM at stage 1: forward 105 KB -> 41 KB, at tile 32
+    # 55 -> 23 KB). It is also the path Pallas' Mosaic GPU interpreter runs (it has no predicated TMA stores).
     direct_store: bool = False
+    # Pallas' Mosaic GPU interpreter parameters (tests on CPU), or None to compile for the GPU.
+    interpret: object = None
 
     @property
     def sources(self) -> int:
@@ -128,9 +134,15 @@ def _walk(rev, i, n):
     return i if rev is None else i + rev * (n - 1 - 2 * i)
 
 
-def _zeros():
-    """A zero (128,) vector in the strided layout that SMEM row loads produce (loop carries must keep one layout)."""
-    return plgpu.layout_cast(jnp.zeros((LANES,), f32), plgpu.Layout.WG_STRIDED((LANES,), vec_size=1))
+def _zeros(plan):
+    """A zero (128,) vector in the strided layout that SMEM row loads produce (loop carries must keep one layout;
+    the interpreter has no layouts)."""
+    z = jnp.zeros((LANES,), f32)
+    return z if plan.interpret is not None else plgpu.layout_cast(z, plgpu.Layout.WG_STRIDED((LANES,), vec_size=1))
+
+
+def _interpret_kwargs(plan):
+    return {} if plan.interpret is None else {"interpret": plan.interpret}
 
 
 def _pick_tile(table, d_state):
@@ -244,9 +256,12 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states):
                 dl_s, pr_s, *o_s, h = rest
             else:
                 dl_s, (pr_s, *o_s, h) = None, rest
-            if save_states:
+            if save_states:  # the state entering walk tile idx
                 for j in range(n):
-                    o_s[1][j] = h[j]
+                    if plan.direct_store:
+                        o_s[1][idx[0], j] = h[j]
+                    else:
+                        o_s[1][j] = h[j]
             y_base = chunk(idx[0]) * tl if plan.direct_store else 0   # row of this tile in a direct GMEM y
 
             def step(t, h):
@@ -269,15 +284,17 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states):
         in_specs = [seq] + ([seq] if has_dl else []) + [proj.spec(tl, chunk)]
         in_refs = [u_ref.at[src, :, pl.ds(d0, LANES)]] + ([dl_ref.at[g, :, pl.ds(d0, LANES)]] if has_dl else [])
         in_refs.append(pr_ref.at[g])
-        y_spec = pl.BlockSpec(memory_space=plgpu.GMEM) if plan.direct_store else seq
-        out_specs = [y_spec] + ([pl.BlockSpec((None, n, LANES), lambda i: (i, 0, 0))] if save_states else [])
+        if plan.direct_store:
+            out_specs = [pl.BlockSpec(memory_space=plgpu.GMEM)] * len(out_shapes)
+        else:
+            out_specs = [seq] + ([pl.BlockSpec((None, n, LANES), lambda i: (i, 0, 0))] if save_states else [])
         out_refs = [outs[0].at[g, :, pl.ds(d0, LANES)]]
         if save_states:
             out_refs.append(outs[1].at[g, :, :, pl.ds(d0, LANES)])
         plgpu.emit_pipeline(
             tile, grid=(n_seq,), in_specs=in_specs, out_specs=out_specs,
             max_concurrent_steps=MAX_CONCURRENT_STEPS,
-            init_carry=tuple(_zeros() for _ in range(n)),
+            init_carry=tuple(_zeros(plan) for _ in range(n)),
         )(*in_refs, *out_refs)
 
     operands = [u] + ([dl] if has_dl else []) + [proj_arr, prm]
@@ -285,6 +302,7 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states):
         body, out_type=out_shapes, grid=(G, n_ch), grid_names=("g", "d"),
         scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1)],
         compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS),
+        **_interpret_kwargs(plan),
     )(*operands)
     return tuple(outs) if save_states else (outs[0], None)
 
@@ -359,8 +377,8 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy):
                 dt, dsp, uu = inputs(p)
                 dy = dy_s[p]
                 dtu = dt * uu
-                ddt = _zeros()
-                dhb = _zeros()
+                ddt = _zeros(plan)
+                dhb = _zeros(plan)
                 dh_new, dA_new = [], []
                 for j in range(n):
                     b = proj.b(pr_s, j, p)
@@ -382,12 +400,19 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy):
 
             carry = jax.lax.fori_loop(0, tl, step, carry, unroll=plan.unroll)
             plgpu.commit_smem()  # the row sums read rows other threads wrote
-            dbc_s[...] = plgpu.load(red_smem, (), layout=plgpu.Layout.WGMMA, optimized=False).sum(axis=1)
+            if plan.interpret is None:  # row sums need the WGMMA register layout; the interpreter has no layouts
+                sums = plgpu.load(red_smem, (), layout=plgpu.Layout.WGMMA, optimized=False).sum(axis=1)
+            else:
+                sums = red_smem[...].sum(axis=1)
+            if plan.direct_store:
+                dbc_s[chunk(idx[0])] = sums
+            else:
+                dbc_s[...] = sums
             return carry
 
         seq = pl.BlockSpec((tl, LANES), lambda i: (chunk(i), 0))
         grad_spec = pl.BlockSpec(memory_space=plgpu.GMEM) if plan.direct_store else seq
-        zero = _zeros()
+        zero = _zeros(plan)
         init = (tuple(zero for _ in range(n)), tuple(zero for _ in range(n)), zero, zero)
         in_specs = [seq] + ([seq] if has_dl else []) + [
             proj.spec(tl, chunk), pl.BlockSpec((None, n, LANES), lambda i: (back(i), 0, 0)), seq]
@@ -395,7 +420,8 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy):
         in_refs += [pr_ref.at[g], hs_ref.at[g, :, :, pl.ds(d0, LANES)], dy_ref.at[g, :, pl.ds(d0, LANES)]]
         dh, dA, dD, dbias = plgpu.emit_pipeline(
             tile, grid=(n_seq,), in_specs=in_specs,
-            out_specs=[grad_spec, grad_spec, pl.BlockSpec((None, rows_pad), lambda i: (chunk(i), 0))],
+            out_specs=[grad_spec, grad_spec, pl.BlockSpec(memory_space=plgpu.GMEM) if plan.direct_store
+                       else pl.BlockSpec((None, rows_pad), lambda i: (chunk(i), 0))],
             max_concurrent_steps=MAX_CONCURRENT_STEPS,
             init_carry=init,
         )(*in_refs, du_ref.at[g, :, pl.ds(d0, LANES)], ddl_ref.at[g, :, pl.ds(d0, LANES)], dbc_ref.at[g, dti])
@@ -415,6 +441,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy):
         scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1),
                        plgpu.SMEM((tl + 1, n, LANES), f32), plgpu.SMEM((rows_pad, LANES), f32)],
         compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS),
+        **_interpret_kwargs(plan),
     )(*operands)
     dbc = dbc.sum(1)[..., :2 * rows].reshape(G, n_seq, 2, tl, n)      # (G, tiles, {B,C}, TL, N)
     dBC = jnp.moveaxis(dbc, (2, 4), (1, 2)).reshape(G, 2 * n, lp)                  # rows [B_0.., C_0..]
@@ -462,6 +489,13 @@ def _scan_bwd(plan, res, dy):
 scan.defvjp(_scan_fwd, _scan_bwd)
 
 
+def resolve_direct_store(direct_store: bool | None, interpret) -> bool:
+    """None -> the module default; the interpreter always takes the direct path (it has no predicated TMA stores)."""
+    if interpret is not None:
+        return True
+    return DIRECT_STORE if direct_store is None else bool(direct_store)
+
+
 def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_tile: int | None = None):
     """(tl_fwd, tl_bwd, padded length)."""
     tl_f = seq_tile or _pick_tile(FWD_SEQ_TILE, d_state)
@@ -475,15 +509,18 @@ def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_t
 
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *,
                    seq_tile: int | None = None, bwd_seq_tile: int | None = None, unroll: int | None = None,
-                   direct_store: bool = False):
-    """Same contract as `reference.selective_scan_reference`: y fp32 (batch, K*D, L); differentiable."""
+                   direct_store: bool | None = None, interpret=None):
+    """Same contract as `reference.selective_scan_reference`: y fp32 (batch, K*D, L); differentiable.
+
+    The keywords are the kernel's tuning knobs (`_Plan`; None: the module defaults) and Pallas' Mosaic GPU
+    interpreter parameters (`testing.mosaic_gpu_interpreter()`, for tests on CPU)."""
     batch, channels, length, groups, d_state = check_inputs(u, delta, A, B, C, D, delta_bias)
     per_group = channels // groups
     tl_f, tl_b, lp = plan_tiles(length, d_state, seq_tile, bwd_seq_tile)
     dp = LANES * math.ceil(per_group / LANES)
     plan = _Plan(groups=groups, source=tuple(range(groups)), reverse=(False,) * groups, rank=0, d_state=d_state,
                  tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=unroll or UNROLL,
-                 direct_store=direct_store)
+                 direct_store=resolve_direct_store(direct_store, interpret), interpret=interpret)
 
     def seq(x):  # (batch, K*D, L) -> (batch*K, Lp, Dp), channel-minor, zero padded
         x = jnp.swapaxes(x.reshape(batch, groups, per_group, length), 2, 3)

@@ -32,3 +32,11 @@ def rel_err(x, ref) -> float:
     if not np.all(np.isfinite(x)):
         return float("inf")
     return float(np.abs(x - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def mosaic_gpu_interpreter():
+    """Parameters for Pallas' Mosaic GPU interpreter, which runs `plgpu.kernel`s on the CPU (threads, SMEM, barriers
+    and TMA simulated). JAX does not export it yet, hence the private import: a JAX that moved it fails loudly here."""
+    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+
+    return InterpretGPUParams()

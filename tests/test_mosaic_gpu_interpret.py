@@ -1,0 +1,74 @@
+"""The Mosaic GPU kernels themselves, on the CPU, in Pallas' Mosaic GPU interpreter.
+
+The interpreter simulates the warpgroup's threads, SMEM, barriers and TMA copies, so this runs the kernel bodies of
+`pallas_kernels.selective_scan.pallas_mosaic_gpu` (the plain scan) and of the fused SS2D core: the time loops, the
+boundary states, the backward's recompute and adjoint walk, the dB/dC row sums, reversed walks, two sources and the
+in-kernel low-rank delta. It runs their `direct_store` path (the interpreter has no predicated TMA stores, which the
+SMEM-staged outputs use); the compiled kernels are checked on a GPU by benchmarks/gpu_kernel_tests.py.
+
+Shapes are tiny (the interpreter is slow) but cover several sequence tiles, channel padding (8 -> 128 lanes), an odd
+non-square map, d_state 1 and 4, fp32 and bf16. Tolerances as in tests/test_ss2d_fused.py.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from pallas_kernels.selective_scan import pallas_mosaic_gpu as mgpu
+from pallas_kernels.selective_scan.reference import selective_scan_reference
+from pallas_kernels.selective_scan.testing import make_inputs, mosaic_gpu_interpreter, rel_err
+from pallas_kernels.ss2d import pallas_mosaic_gpu as fused
+from pallas_kernels.ss2d.reference import ss2d_core_reference
+from tests.test_ss2d_fused import make_core_inputs
+
+TOL = {jnp.float32: (1e-5, 1e-4), jnp.bfloat16: (2e-2, 2e-2)}
+TILES = dict(seq_tile=8, bwd_seq_tile=8)
+
+
+def _check(fn, ref, args, dtype, names):
+    fwd_tol, grad_tol = TOL[dtype]
+    y, y_ref = fn(*args), ref(*args)
+    assert y.shape == y_ref.shape and y.dtype == jnp.float32
+    assert rel_err(y, y_ref) < fwd_tol, f"forward {rel_err(y, y_ref):.2e}"
+    w = jax.random.normal(jax.random.PRNGKey(5), y_ref.shape)
+    argnums = tuple(range(len(args)))
+    g = jax.grad(lambda *a: jnp.sum(fn(*a) * w), argnums)(*args)
+    g_ref = jax.grad(lambda *a: jnp.sum(ref(*a) * w), argnums)(*args)
+    for name, gi, gr, a in zip(names, g, g_ref, args):
+        assert gi.shape == a.shape and gi.dtype == a.dtype, name
+        assert rel_err(gi, gr) < grad_tol, f"d{name}: {rel_err(gi, gr):.2e}"
+
+
+@pytest.mark.parametrize("d_state,dtype", [(1, jnp.float32), (4, jnp.float32), (1, jnp.bfloat16)],
+                         ids=["N1-fp32", "N4-fp32", "N1-bf16"])
+def test_scan_kernel_in_interpreter(d_state, dtype):
+    """Two groups of 8 channels, L = 37 over five 8-step tiles (the last one padded)."""
+    args = make_inputs(11, batch=1, groups=2, per_group=8, d_state=d_state, length=37, dtype=dtype)
+    kernel = lambda *a: mgpu.selective_scan(*a, **TILES, interpret=mosaic_gpu_interpreter())  # noqa: E731
+    _check(kernel, selective_scan_reference, args, dtype, ("u", "delta", "A", "B", "C", "D", "delta_bias"))
+
+
+@pytest.mark.parametrize("d_state,dtype,directions", [
+    (1, jnp.float32, (0, 1, 2, 3)), (4, jnp.float32, (0, 1, 2, 3)), (1, jnp.bfloat16, (0, 1, 2, 3)),
+    (1, jnp.float32, (2, 3))], ids=["N1-fp32", "N4-fp32", "N1-bf16", "reversed-only"])
+def test_fused_core_kernel_in_interpreter(d_state, dtype, directions):
+    """A 3x5 map (15 steps over two tiles in either order), 8 channels, rank 2."""
+    x, *params = make_core_inputs(12, 1, 3, 5, 8, d_state, 2, dtype)
+    k = len(directions)
+    params = [params[0][:k], params[1][:k], params[2][:k], params[3][:k * 8], params[4][:k * 8]]
+    kernel = lambda *a: fused.ss2d_core(*a, directions=directions, **TILES,  # noqa: E731
+                                        interpret=mosaic_gpu_interpreter())
+    ref = lambda *a: ss2d_core_reference(*a, scan_implementation="xla", directions=directions)  # noqa: E731
+    _check(kernel, ref, (x, *params), dtype,
+           ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"))
+
+
+def test_interpreted_kernel_check_can_fail(monkeypatch):
+    """The kernel with its in-tile reversal broken (reversed orders walk each tile forwards) must fail."""
+    x, *params = make_core_inputs(13, 1, 3, 5, 8, 1, 2, jnp.float32)
+    real_walk = mgpu._walk
+    monkeypatch.setattr(mgpu, "_walk", lambda rev, i, n: i if n == 8 else real_walk(rev, i, n))  # tiles are 8 steps
+    y = fused.ss2d_core(x, *params, **TILES, interpret=mosaic_gpu_interpreter())
+    assert rel_err(y, ss2d_core_reference(x, *params, scan_implementation="xla")) > 1e-2
