@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_suite.sh kernels parity train_T      # stage names, run in order
 #   SCAN_IMPL=associative bash benchmarks/gpu_suite.sh train_T   # the scan the timing stages use (default: auto)
 #   KERNEL_IMPLS=fused_mosaic_gpu D_STATES=16 KERNEL_S=240 bash benchmarks/gpu_suite.sh kernels   # a subset of tests
+#   VMAMBA_MGPU_DIRECT_STORE=1 bash benchmarks/gpu_suite.sh kernels   # the kernels' direct_store path (CI interprets it)
 #
 # Stages: kernels (benchmarks/gpu_kernel_tests.py for the plain scan and the fused SS2D core, two processes at once;
 # a crashed one reruns isolated), parity (model parity + torch converter tests with every implementation the GPU has),
