@@ -262,7 +262,8 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states):
                         o_s[1][idx[0], j] = h[j]
                     else:
                         o_s[1][j] = h[j]
-            y_base = chunk(idx[0]) * tl if plan.direct_store else 0   # row of this tile in a direct GMEM y
+            # y's row: in the SMEM tile, or in the sequence when y goes straight to GMEM.
+            y_row = (lambda p: chunk(idx[0]) * tl + p) if plan.direct_store else (lambda p: p)
 
             def step(t, h):
                 p = _walk(rev, t, tl)
@@ -275,7 +276,7 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states):
                     hj = jnp.exp(dt * A[j]) * h[j] + dtu * proj.b(pr_s, j, p)
                     y = y + hj * proj.c(pr_s, j, p)
                     h_new.append(hj)
-                o_s[0][y_base + p] = y
+                o_s[0][y_row(p)] = y
                 return tuple(h_new)
 
             return jax.lax.fori_loop(0, tl, step, h, unroll=plan.unroll)
@@ -348,7 +349,8 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy):
                 dl_s, pr_s, hs_s, dy_s, du_s, ddl_s, dbc_s, carry = rest
             else:
                 dl_s, (pr_s, hs_s, dy_s, du_s, ddl_s, dbc_s, carry) = None, rest
-            g_base = chunk(idx[0]) * tl if plan.direct_store else 0   # row of this tile in a direct GMEM du / ddl
+            # du's and d(delta)'s row: in the SMEM tiles, or in the sequence when they go straight to GMEM.
+            g_row = (lambda p: chunk(idx[0]) * tl + p) if plan.direct_store else (lambda p: p)
 
             def inputs(p):
                 dt, dsp = _softplus(_delta_raw(plan, proj, dl_s, pr_s, W, p) + bias, plan.softplus)
@@ -394,8 +396,8 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy):
                     dh_new.append(dhj * a)
                 ddt = ddt + dhb * uu
                 draw = ddt * dsp if plan.softplus else ddt
-                du_s[g_base + p] = (dy * Dv + dhb * dt).astype(du_s.dtype)
-                ddl_s[g_base + p] = draw.astype(ddl_s.dtype)
+                du_s[g_row(p)] = (dy * Dv + dhb * dt).astype(du_s.dtype)
+                ddl_s[g_row(p)] = draw.astype(ddl_s.dtype)
                 return tuple(dh_new), tuple(dA_new), dD + dy * uu, dbias + draw
 
             carry = jax.lax.fori_loop(0, tl, step, carry, unroll=plan.unroll)
