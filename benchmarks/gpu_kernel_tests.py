@@ -1,7 +1,8 @@
 """GPU correctness tests of the selective-scan kernels and the fused SS2D core against their XLA references (run on a
 GPU, output committed).
 
-Mosaic GPU has no CPU interpreter, so CI cannot run `pallas_mosaic_gpu`; this script is its test. Every case draws
+CI runs the Mosaic GPU kernels' bodies in Pallas' interpreter on their direct_store path only
+(tests/test_mosaic_gpu_interpret.py); this script tests the compiled kernels on the GPU. Every case draws
 fresh random inputs and compares the forward and `jax.grad` wrt every input (u, delta, A, B, C, D, delta_bias) with
 the reference, at VMamba's stage lengths L = 3136, 784, 196, 49 and an odd L, d_state N = 1 and 16, bf16 and fp32.
 Fused SS2D cores (`--impls fused_mosaic_gpu`) are compared with `ss2d_core_reference` (cross-scan, `lax.scan`,
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pallas_kernels.selective_scan import api  # noqa: E402
 from pallas_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
 from pallas_kernels.selective_scan.testing import make_inputs, rel_err  # noqa: E402
+from pallas_kernels.ss2d.testing import make_core_inputs  # noqa: E402
 
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 TOL = {"fp32": (1e-5, 1e-4), "bf16": (1e-2, 1e-2)}
@@ -45,23 +47,9 @@ DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
 
-def ss2d_inputs(seed, batch, h, w, d, d_state, dtype):
-    """x (B, H, W, D) and the SS2D parameters at the scale of an initialised model (fresh random values)."""
-    k, r = 4, -(-d // 16)
-    ks = jax.random.split(jax.random.PRNGKey(seed), 6)
-    x = jax.nn.silu(jax.random.normal(ks[0], (batch, h, w, d))).astype(dtype)
-    x_proj = jax.random.uniform(ks[1], (k, r + 2 * d_state, d), minval=-1, maxval=1) / d ** 0.5
-    dt_w = jax.random.uniform(ks[2], (k, d, r), minval=-1, maxval=1) / r ** 0.5
-    dt_b = jnp.log(jnp.expm1(jnp.exp(jax.random.uniform(ks[3], (k, d), minval=jnp.log(1e-3), maxval=jnp.log(0.1)))))
-    A_logs = jnp.log(jnp.tile(jnp.arange(1, d_state + 1, dtype=jnp.float32), (k * d, 1))) \
-        + 0.1 * jax.random.normal(ks[4], (k * d, d_state))
-    Ds = 1.0 + 0.1 * jax.random.normal(ks[5], (k * d,))
-    return x, x_proj, dt_w, dt_b, A_logs, Ds
-
-
 def check_ss2d_case(impl, batch, h, w, d, d_state, dtype_name, seed):
     from pallas_kernels.ss2d import ss2d_core, ss2d_core_reference
-    args = ss2d_inputs(seed, batch, h, w, d, d_state, DTYPES[dtype_name])
+    args = make_core_inputs(seed, batch, h, w, d, d_state, -(-d // 16), DTYPES[dtype_name])  # dt rank "auto"
     ref = lambda *a: ss2d_core_reference(*a, scan_implementation="xla")  # noqa: E731
     fn = lambda *a: ss2d_core(*a, implementation=impl)  # noqa: E731
     wgt = jax.random.normal(jax.random.PRNGKey(seed + 1), (batch, h, w, d))

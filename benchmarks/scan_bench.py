@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import median, time_fn  # noqa: E402
 from gpu_kernel_tests import DTYPES, make_inputs  # noqa: E402
+from pallas_kernels.ss2d.testing import make_core_inputs  # noqa: E402
 from pallas_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
 from pallas_kernels.selective_scan.testing import rel_err  # noqa: E402
 from pallas_kernels.selective_scan import api  # noqa: E402
@@ -123,16 +124,7 @@ def bench_ss2d(impl, b, hw, d, n, dtype_name, **kernel_kwargs):
         if kernel_kwargs:  # tile / unroll sweep of the fused GPU core: call it directly
             return fused.ss2d_core(*a, **kernel_kwargs)
         return ss2d_core(*a, implementation=implementation)
-    dtype = DTYPES[dtype_name]
-    k, r = 4, -(-d // 16)
-    ks = jax.random.split(jax.random.PRNGKey(0), 6)
-    x = jax.random.normal(ks[0], (b, hw, hw, d)).astype(dtype)
-    xw = 0.1 * jax.random.normal(ks[1], (k, r + 2 * n, d))
-    dw = 0.5 * jax.random.normal(ks[2], (k, d, r))
-    db = 0.5 * jax.random.normal(ks[3], (k, d))
-    al = jnp.log(jnp.tile(jnp.arange(1, n + 1, dtype=jnp.float32), (k * d, 1)))
-    ds = jnp.ones((k * d,))
-    params = (xw, dw, db, al, ds)
+    x, *params = make_core_inputs(0, b, hw, hw, d, n, -(-d // 16), DTYPES[dtype_name])
     fwd = jax.jit(lambda x, *p: core(x, *p, implementation=impl))
     grad = jax.jit(jax.grad(lambda x, *p: jnp.sum(core(x, *p, implementation=impl)), tuple(range(6))))
     out = dict(fwd_ms=round(timeit(fwd, x, *params), 4), fwd_bwd_ms=round(timeit(grad, x, *params), 4))

@@ -21,7 +21,7 @@ from pallas_kernels.selective_scan.reference import selective_scan_reference
 from pallas_kernels.selective_scan.testing import make_inputs, mosaic_gpu_interpreter, rel_err
 from pallas_kernels.ss2d import pallas_mosaic_gpu as fused
 from pallas_kernels.ss2d.reference import ss2d_core_reference
-from tests.test_ss2d_fused import make_core_inputs
+from pallas_kernels.ss2d.testing import make_core_inputs
 
 TOL = {jnp.float32: (1e-5, 1e-4), jnp.bfloat16: (2e-2, 2e-2)}
 TILES = dict(seq_tile=8, bwd_seq_tile=8)

@@ -33,7 +33,7 @@ from pallas_kernels.selective_scan.testing import make_inputs, rel_err
 from pallas_kernels.ss2d import api as ss2d_api
 from pallas_kernels.ss2d import pallas_mosaic_gpu as fused
 from pallas_kernels.ss2d.reference import ss2d_core_reference
-from tests.test_ss2d_fused import make_core_inputs
+from pallas_kernels.ss2d.testing import make_core_inputs
 
 f32 = jnp.float32
 
@@ -171,7 +171,7 @@ SHARDED = textwrap.dedent("""
     from pallas_kernels.selective_scan.testing import rel_err
     from pallas_kernels.ss2d import pallas_mosaic_gpu as fused, ss2d_core_direction_parallel
     from tests.test_mosaic_gpu_wrappers import emulated_backward, emulated_forward
-    from tests.test_ss2d_fused import make_core_inputs
+    from pallas_kernels.ss2d.testing import make_core_inputs
 
     data = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
     data_dir = jax.make_mesh((2, 4), ("data", "dir"), axis_types=(AxisType.Auto,) * 2)
