@@ -5,6 +5,7 @@
 #   SCAN_IMPL=associative bash benchmarks/gpu_suite.sh train_T   # the scan the timing stages use (default: auto)
 #   KERNEL_IMPLS=fused_mosaic_gpu D_STATES=16 KERNEL_S=240 bash benchmarks/gpu_suite.sh kernels   # a subset of tests
 #   VMAMBA_MGPU_DIRECT_STORE=1 bash benchmarks/gpu_suite.sh kernels   # the kernels' direct_store path (CI interprets it)
+#   TRAIN_S=300 BREAKDOWN=model,xla_dwconv_grad BREAKDOWN_S=240 bash benchmarks/gpu_suite.sh train_T breakdown
 #
 # Stages: kernels (benchmarks/gpu_kernel_tests.py for the plain scan and the fused SS2D core, two processes at once;
 # a crashed one reruns isolated), parity (model parity + torch converter tests with every implementation the GPU has),
@@ -54,13 +55,13 @@ for s in "$@"; do
               grep -h "cases passed\|FAIL" "$RES"/kernels_*.log | head -40
               summary+=("kernels $((SECONDS - t0))s"); tar czf "$OUT/suite.tgz" -C "$RES" . ;;
     sweep)    stage sweep 90 python3 benchmarks/scan_bench.py --sweep --out "$RES/scan_sweep.json" ;;
-    breakdown) stage breakdown 300 python3 benchmarks/train_step_breakdown.py ${SCAN_IMPL:+--impl "$SCAN_IMPL"} \
+    breakdown) stage breakdown "${BREAKDOWN_S:-300}" python3 benchmarks/train_step_breakdown.py ${SCAN_IMPL:+--impl "$SCAN_IMPL"} \
                 --variants "${BREAKDOWN:-model,shift_conv}" --out "$RES/train_step_breakdown.json" ;;
     parity)   stage parity 300 python3 -m pytest -q -p no:cacheprovider tests/test_vmamba_parity.py \
                 tests/test_convert_torch.py ;;
     train_*)  # The VMamba-T train step did not finish compiling in 150 s on the H200 (2026-12-01 breakdown stage).
-              stage "$s" 420 python3 benchmarks/train_throughput.py --models "${s#train_}" --steps 10 --warmup 3 \
-                ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --timeout_s 400 --out_dir "$RES" ;;
+              stage "$s" $((${TRAIN_S:-400} + 20)) python3 benchmarks/train_throughput.py --models "${s#train_}" \
+                --steps 10 --warmup 3 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --timeout_s "${TRAIN_S:-400}" --out_dir "$RES" ;;
     scan)     stage scan 150 python3 benchmarks/scan_bench.py --impls "${SCAN_IMPLS:-pallas_mosaic_gpu}" \
                 --skip-model --out "$RES/scan.json" ;;
     cifar10)  stage cifar10 590 python3 benchmarks/train_cifar10.py --data_dir .data --budget_minutes 8.5 \

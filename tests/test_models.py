@@ -153,3 +153,30 @@ def test_backbone_returns_normalised_pre_downsample_features():
     loaded = load_torch_checkpoint(sd, backbone, exclude=("outnorm",), ignore_unexpected=("classifier.",))
     np.testing.assert_array_equal(loaded["params"]["layers_1"]["blocks_0"]["op"]["Ds"],
                                   sd["layers.1.blocks.0.op.Ds"])
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dtype", [(3, 1, 1, jnp.float32), (7, 2, 3, jnp.float32),
+                                                         (5, 2, 1, jnp.float32), (3, 1, 1, jnp.bfloat16)])
+def test_depthwise_conv_equals_flax_grouped_conv_in_value_and_gradient(kernel, stride, padding, dtype):
+    """DepthwiseConv (every SS2D/MS2D/ConvFFN depthwise conv) replaces nn.Conv(feature_group_count=C) only for its
+    kernel gradient: same init, same outputs, gradients equal to autodiff's within fp32 summation-order error."""
+    import flax.linen as nn
+
+    from vmamba_jax.models.layers import Conv, DepthwiseConv, matmul_precision, torch_default_bias_init
+    from vmamba_jax.models.layers import torch_default_kernel_init
+
+    c = 24
+    ref = nn.Conv(c, (kernel, kernel), strides=(stride, stride), padding=((padding, padding),) * 2,
+                  feature_group_count=c, dtype=dtype, precision=matmul_precision(dtype),
+                  kernel_init=torch_default_kernel_init, bias_init=torch_default_bias_init(kernel * kernel))
+    new = Conv(c, kernel, stride=stride, padding=padding, groups=c, in_features=c, dtype=dtype)
+    assert isinstance(new, DepthwiseConv)
+    x = jax.random.normal(jax.random.key(0), (2, 13, 11, c))
+    v_ref, v_new = ref.init(jax.random.key(1), x), new.init(jax.random.key(1), x)
+    jax.tree.map(np.testing.assert_array_equal, v_ref, v_new)
+    np.testing.assert_array_equal(ref.apply(v_ref, x), new.apply(v_new, x))
+    loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x).astype(jnp.float32)))  # noqa: E731
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(v_ref, x)
+    g_new = jax.grad(loss(new), argnums=(0, 1))(v_new, x)
+    for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_new)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * float(jnp.abs(a).max()))
