@@ -3,14 +3,16 @@
     python benchmarks/derivatives_bench.py                                     # 224, batch 128, bf16; all three
     python benchmarks/derivatives_bench.py --batch 2 --resolution 32 --steps 1 --warmup 1 --repeats 1   # CPU smoke
 
-Per model, in its own subprocess (so a failure or a timeout costs only that row, and the peak memory is its own):
+All models first compile at once into a shared persistent compilation cache (`benchmarks.common.precompile`), then
+each is timed in its own subprocess (so a failure or a timeout costs only that row, and the peak memory is its own):
   * inference: jit `model.apply` on device-resident random images (benchmarks/model_throughput.py `bench`);
   * training: the full train step of train.py (mixup/cutmix on device, drop path, soft-target CE, backward, clip,
     AdamW, EMA; benchmarks/train_throughput.py `measure`).
 Scan implementation: auto (the best selective scan for the backend). MSVMamba's MS2D calls `selective_scan` itself
 (one fused call per block for its full-res and concatenated low-res routes), so its row names the scan it used.
 Res-VMamba runs in its default learned-shortcut mode. Results are rewritten after every model to
-<out_dir>/derivatives_<device>.{json,md}, so a cut-off run keeps its finished rows.
+<out_dir>/derivatives_<device>.{json,md}, so a cut-off run keeps its finished rows, and a model whose training runs
+out of time keeps its inference numbers; each child's output is in <out_dir>/derivatives_<model>.log.
 """
 
 from __future__ import annotations
@@ -39,18 +41,52 @@ def measure_one(name: str, a) -> dict:
     from benchmarks.train_throughput import measure
     from pallas_kernels.selective_scan import resolve_implementation as resolve_scan
 
-    impl = a.impl
-    fwd = bench(name, impl, a.batch, a.resolution, jnp.dtype(a.dtype), a.repeats)
-    train = measure(name, a.batch, a.steps, a.warmup, impl, a.resolution, a.dtype)
+    impl, t0 = a.impl, time.perf_counter()
+    if a.compile_only:  # fill the persistent compilation cache (benchmarks.common.precompile)
+        bench(name, impl, a.batch, a.resolution, jnp.dtype(a.dtype), a.repeats, compile_only=True)
+        return measure(name, a.batch, a.steps, a.warmup, impl, a.resolution, a.dtype, compile_only=True)
     model = vmamba_jax.create_model(name)
-    return dict(model=name, params_m=train["params"] / 1e6,
-                gflops=vmamba_jax.flops(model, a.resolution) / 1e9,
-                infer_img_s=fwd["img_per_s"], infer_ms=fwd["ms_per_batch"],
-                train_img_s=train["img_per_s"], train_ms=train["step_ms"],
+    fwd = bench(name, impl, a.batch, a.resolution, jnp.dtype(a.dtype), a.repeats)
+    row = dict(model=name, params_m=vmamba_jax.count_params(jax.eval_shape(
+                   model.init, jax.random.key(0), jnp.zeros((1, a.resolution, a.resolution, 3)))) / 1e6,
+               gflops=vmamba_jax.flops(model, a.resolution) / 1e9,
+               infer_img_s=fwd["img_per_s"], infer_ms=fwd["ms_per_batch"], infer_total_s=time.perf_counter() - t0,
+               scan_impl=resolve_scan(impl), device=jax.devices()[0].device_kind, jax_version=jax.__version__)
+    # The parent keeps this row if training then runs out of time.
+    print("PARTIAL " + json.dumps(row), flush=True)
+    train = measure(name, a.batch, a.steps, a.warmup, impl, a.resolution, a.dtype)
+    return dict(row, train_img_s=train["img_per_s"], train_ms=train["step_ms"],
                 train_peak_gib=None if train["peak_gib"] != train["peak_gib"] else train["peak_gib"],   # NaN on CPU
-                train_compile_s=train["compile_s"], loss=train["loss"],
-                scan_impl=resolve_scan(impl), ss2d_impl=train["impl"], device=jax.devices()[0].device_kind,
-                jax_version=jax.__version__)
+                train_compile_s=train["compile_s"], loss=train["loss"], ss2d_impl=train["impl"])
+
+
+def child_cmd(name: str) -> list[str]:
+    return [sys.executable, os.path.abspath(__file__), "--one", name] + sys.argv[1:]
+
+
+def run_one(name: str, a, timeout_s: float) -> dict:
+    """Measure one model in a subprocess whose output streams to <out_dir>/derivatives_<name>.log; on a timeout or a
+    failure the row keeps whatever the child finished (the inference numbers) and says why training is missing."""
+    os.makedirs(a.out_dir, exist_ok=True)
+    log = os.path.join(a.out_dir, f"derivatives_{name}.log")
+    cmd = child_cmd(name)
+    error = None
+    with open(log, "w") as f:
+        child = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
+        try:
+            if child.wait(timeout=timeout_s) != 0:
+                error = f"exited with {child.returncode}"
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            error = f"timed out after {timeout_s:.0f} s"
+    lines = open(log).read().splitlines()
+    done = [json.loads(ln.split(" ", 1)[1]) for ln in lines if ln.startswith(("RESULT ", "PARTIAL "))]
+    row = done[-1] if done else dict(model=name)
+    if error and "train_img_s" not in row:
+        tail = [ln for ln in lines if not ln.startswith(("PARTIAL ", "RESULT ")) and "cuda_timer" not in ln][-5:]
+        row["error"] = ("training " if done else "") + error + ("; log tail: " + " | ".join(tail) if tail else "")
+    return row
 
 
 def write(rows: list[dict], a, kind: str, tag: str) -> str:
@@ -72,9 +108,13 @@ def write(rows: list[dict], a, kind: str, tag: str) -> str:
             md.append(f"| {r['model']} | | | failed: {r.get('error', '?')[:80]!r} | | | | | |")
             continue
         vi = f"{r['infer_img_s'] / ref['infer_img_s']:.2f}x" if ref else ""
-        vt = f"{r['train_img_s'] / ref['train_img_s']:.2f}x" if ref else ""
+        if "train_img_s" in r:
+            vt = f"{r['train_img_s'] / ref['train_img_s']:.2f}x" if ref and "train_img_s" in ref else ""
+            train = f"{r['train_img_s']:.0f} | {vt} | {r['train_peak_gib'] or float('nan'):.1f}"
+        else:
+            train = f"{r.get('error', '?')[:60]!r} | | "
         md.append(f"| {r['model']} | {r['params_m']:.2f} | {r['gflops']:.2f} | {r['infer_img_s']:.0f} | {vi} | "
-                  f"{r['train_img_s']:.0f} | {vt} | {r['train_peak_gib'] or float('nan'):.1f} | {r['scan_impl']} |")
+                  f"{train} | {r['scan_impl']} |")
     with open(base + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
     return "\n".join(md)
@@ -94,30 +134,33 @@ def main():
     p.add_argument("--budget_s", type=float, default=560, help="start no model after this many seconds")
     p.add_argument("--out_dir", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one model, print JSON
+    p.add_argument("--compile_only", action="store_true", help=argparse.SUPPRESS)  # internal: see precompile
+    p.add_argument("--no_precompile", action="store_true",
+                   help="compile each model only when it is timed (default: all at once first, into a shared cache)")
     a = p.parse_args()
+    import jax
+
+    from benchmarks.common import device_tag, precompile, use_compilation_cache
+
+    use_compilation_cache()
     if a.one:
         print("RESULT " + json.dumps(measure_one(a.one, a)), flush=True)
         return
 
-    import jax
-
-    from benchmarks.common import device_tag
-
     kind, tag = device_tag()
     rows, t_start = [], time.perf_counter()
-    for name in a.models.split(","):
+    names = a.models.split(",")
+    os.makedirs(a.out_dir, exist_ok=True)
+    pre = {} if a.no_precompile or len(names) < 2 or jax.default_backend() == "cpu" else dict(zip(names, precompile(
+        [child_cmd(n) for n in names], min(a.timeout_s, a.budget_s / 2), a.out_dir)))
+    for name in names:
         left = a.budget_s - (time.perf_counter() - t_start)
         if left < 30:
             rows.append(dict(model=name, error=f"not run: the {a.budget_s:.0f} s budget was spent"))
             continue
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", name] + sys.argv[1:]
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=min(a.timeout_s, left))
-            lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
-            row = json.loads(lines[-1][7:]) if res.returncode == 0 and lines else \
-                dict(model=name, error=(res.stderr or res.stdout)[-1500:])
-        except subprocess.TimeoutExpired:
-            row = dict(model=name, error=f"timed out after {min(a.timeout_s, left):.0f} s")
+        row = run_one(name, a, min(a.timeout_s, left))
+        if name in pre:
+            row["precompile"] = pre[name]
         row["date"] = datetime.date.today().isoformat()
         rows.append(row)
         print(json.dumps(row), flush=True)

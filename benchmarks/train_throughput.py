@@ -5,6 +5,9 @@ forward with drop path, label-smoothed soft-target CE, backward, clip, AdamW, EM
     python benchmarks/train_throughput.py --models T --steps 5  # quick
 
 Each model runs in its own subprocess so that the peak memory (`memory_stats()["peak_bytes_in_use"]`) is its own.
+With several models, all of them first compile at once into a shared persistent compilation cache
+(`benchmarks.common.precompile`; compile time is host work and was minutes per model on the H200), so each timed
+subprocess loads its train step from the cache: its `compile_s` is then the load, `precompile` the parallel compile.
 The scan implementation is the best available (`scan_implementation=None` -> auto); if that fails to compile or run,
 the row is retried with "associative" and the error is recorded. Targets: the official PyTorch training step on an
 H100 (spec/targets.md): T 1050, S 680, B 542 img/s; the goal is 1.3x.
@@ -27,7 +30,8 @@ MODELS = {"T": ("vmamba_tiny_s1l8", 1050), "S": ("vmamba_small_s1l20", 680), "B"
           "S_s2l15": ("vmamba_small_s2l15", 525), "B_s2l15": ("vmamba_base_s2l15", 413)}
 
 
-def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, resolution: int, dtype: str) -> dict:
+def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, resolution: int, dtype: str,
+            compile_only: bool = False) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -57,6 +61,9 @@ def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, re
                                    "corrupt": jnp.zeros((batch,), jnp.int32)}, out_shardings=bsh)
     data = make(k1, k2)
     t0 = time.perf_counter()
+    if compile_only:  # fill the persistent compilation cache (benchmarks.common.precompile)
+        step.lower(state, data).compile()
+        return {"compile_s": time.perf_counter() - t0}
     state, m = step(state, data)
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - t0
@@ -86,27 +93,41 @@ def main():
     p.add_argument("--timeout_s", type=float, default=300, help="per model and implementation")
     p.add_argument("--out_dir", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one model, print JSON
+    p.add_argument("--compile_only", action="store_true", help=argparse.SUPPRESS)  # internal: see precompile
+    p.add_argument("--no_precompile", action="store_true",
+                   help="compile each model only when it is timed (default: all at once first, into a shared cache)")
     p.add_argument("--impl", default=None,
                    help="scan implementation tried first (default: auto); 'associative' is the fallback")
     a = p.parse_args()
+    from benchmarks.common import device_tag, precompile, use_compilation_cache
+
+    use_compilation_cache()
     if a.one:
-        print("RESULT " + json.dumps(measure(a.one, a.batch, a.steps, a.warmup, a.impl, a.resolution, a.dtype)))
+        res = measure(a.one, a.batch, a.steps, a.warmup, a.impl, a.resolution, a.dtype, compile_only=a.compile_only)
+        print("RESULT " + json.dumps(res))
         return
 
     import jax
 
-    from benchmarks.common import device_tag
-
     kind, tag = device_tag()
+
+    def child(name, impl):
+        cmd = [sys.executable, __file__, "--one", name, "--batch", str(a.batch), "--steps", str(a.steps),
+               "--warmup", str(a.warmup), "--dtype", a.dtype, "--resolution", str(a.resolution)]
+        return cmd + (["--impl", impl] if impl else [])
+
+    names = [MODELS[key][0] for key in a.models.split(",")]
+    os.makedirs(a.out_dir, exist_ok=True)
+    pre = {} if a.no_precompile or len(names) < 2 or jax.default_backend() == "cpu" else \
+        dict(zip(names, precompile([child(n, a.impl) for n in names], a.timeout_s, a.out_dir)))
     rows = []
     for key in a.models.split(","):
         name, target = MODELS[key]
         row = {"model": name, "batch": a.batch, "resolution": a.resolution, "dtype": a.dtype}
+        if name in pre:
+            row["precompile"] = pre[name]
         for impl in dict.fromkeys((a.impl, "associative")):
-            cmd = [sys.executable, __file__, "--one", name, "--batch", str(a.batch), "--steps", str(a.steps),
-                   "--warmup", str(a.warmup), "--dtype", a.dtype, "--resolution", str(a.resolution)]
-            if impl:
-                cmd += ["--impl", impl]
+            cmd = child(name, impl)
             try:
                 res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout_s)
             except subprocess.TimeoutExpired:

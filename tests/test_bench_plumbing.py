@@ -1,0 +1,40 @@
+"""The benchmark plumbing that GPU runs depend on but CI can check: parallel precompilation into a shared persistent
+compilation cache (benchmarks.common.precompile), so that a timed process loads its executable instead of compiling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CHILD = """
+import sys, time
+sys.path.insert(0, {root!r})
+from benchmarks.common import use_compilation_cache
+use_compilation_cache()
+import jax, jax.numpy as jnp
+f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum() + {salt})
+x = jnp.ones((64, 64))
+if "--compile_only" in sys.argv:
+    f.lower(x).compile()
+else:
+    print("RESULT", float(f(x)))
+"""
+
+
+def test_precompile_fills_the_shared_cache_and_reports_each_child(tmp_path, monkeypatch):
+    from benchmarks.common import precompile
+
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "cache"))
+    children = [[sys.executable, "-c", CHILD.format(root=ROOT, salt=s)] for s in (1, 2)]
+    children.append([sys.executable, "-c", "import time; time.sleep(120)"])
+    out = precompile(children, timeout_s=30, log_dir=str(tmp_path))
+    assert [r["rc"] for r in out] == [0, 0, None], out  # the sleeper is killed at the timeout
+    entries = os.listdir(tmp_path / "cache")
+    assert sum(e.startswith("jit__lambda") for e in entries) == 2, entries
+    # A timed run of a precompiled function adds no new executable: it was loaded from the cache.
+    res = subprocess.run(children[0], capture_output=True, text=True, timeout=120)
+    assert "RESULT" in res.stdout, res.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "cache")) == sorted(entries)
