@@ -71,9 +71,10 @@ def depthwise_conv2d(x: jax.Array, w: jax.Array, stride: int, padding: int, prec
     """Depthwise 2D conv: x (B, H, W, C), w (k, k, 1, C) -> (B, Ho, Wo, C), symmetric zero padding.
 
     The forward and the input gradient are XLA's grouped convolutions. The kernel gradient is not: JAX transposes a
-    grouped conv's kernel into a `batch_group_count` convolution, which XLA's GPU backend has no depthwise kernel for
-    and rewrites into a generic one. Here it is k*k reductions of the shifted input times the output gradient, in fp32
-    (memory-bound, fused by XLA): dw[i, j, c] = sum_{b, h, w} xpad[b, s*h + i, s*w + j, c] * dy[b, h, w, c].
+    grouped conv's kernel into a `batch_group_count` convolution, and with that VMamba-T's value_and_grad did not
+    finish compiling and running once in 155 s on an H200, against 96 s with this one and a 1608 img/s train step
+    (benchmarks/results/train_step_breakdown_h200.md). Here it is k*k reductions of the shifted input times the output
+    gradient, in fp32 (memory-bound, fused by XLA): dw[i, j, c] = sum_{b, h, w} xpad[b, s*h+i, s*w+j, c] dy[b, h, w, c].
     """
     return _depthwise(x, w, stride, padding, precision)
 
