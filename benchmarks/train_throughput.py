@@ -91,6 +91,8 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--timeout_s", type=float, default=300, help="per model and implementation")
+    p.add_argument("--budget_s", type=float, default=None,
+                   help="the whole run's seconds: the parallel precompile gets half, no child outlives the rest")
     p.add_argument("--out_dir", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     p.add_argument("--compile_only", action="store_true", help=argparse.SUPPRESS)  # internal: see precompile
@@ -116,10 +118,11 @@ def main():
                "--warmup", str(a.warmup), "--dtype", a.dtype, "--resolution", str(a.resolution)]
         return cmd + (["--impl", impl] if impl else [])
 
+    t_start, budget = time.perf_counter(), a.budget_s or float("inf")
     names = [MODELS[key][0] for key in a.models.split(",")]
     os.makedirs(a.out_dir, exist_ok=True)
     pre = {} if a.no_precompile or len(names) < 2 or jax.default_backend() == "cpu" else \
-        dict(zip(names, precompile([child(n, a.impl) for n in names], a.timeout_s, a.out_dir)))
+        dict(zip(names, precompile([child(n, a.impl) for n in names], min(a.timeout_s, budget / 2), a.out_dir)))
     rows = []
     for key in a.models.split(","):
         name, target = MODELS[key]
@@ -129,9 +132,13 @@ def main():
         for impl in dict.fromkeys((a.impl, "associative")):
             cmd = child(name, impl)
             try:
-                res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout_s)
+                timeout = min(a.timeout_s, budget - (time.perf_counter() - t_start))
+                if timeout < 10:
+                    row["error_" + (impl or "auto")] = "not run: the budget was spent"
+                    break
+                res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
             except subprocess.TimeoutExpired:
-                row["error_" + (impl or "auto")] = f"timed out after {a.timeout_s:.0f} s"
+                row["error_" + (impl or "auto")] = f"timed out after {timeout:.0f} s"
                 print(f"{name} impl={impl or 'auto'}: timed out", flush=True)
                 break
             lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
