@@ -62,7 +62,7 @@ for s in "$@"; do
                 --variants "${BREAKDOWN:-model,shift_conv}" --out "$RES/train_step_breakdown.json" ;;
     parity)   stage parity 300 python3 -m pytest -q -p no:cacheprovider tests/test_vmamba_parity.py \
                 tests/test_convert_torch.py ;;
-    train_*)  # VMamba-T's train step compiles in ~120 s on the H200 (2026-12-01); S and B are deeper (20 blocks).
+    train_*)  # VMamba-T's train step compiles in ~120 s on the H200 (2026-12-01); S and B are deeper.
               # train_T+S+B: one invocation, the three train steps compiled in parallel first (precompile).
               stage "$s" $((${TRAIN_S:-400} + 20)) python3 benchmarks/train_throughput.py --models "$(echo "${s#train_}" | tr + ,)" \
                 --steps 10 --warmup 3 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --timeout_s "${TRAIN_S:-400}" --budget_s "${TRAIN_S:-400}" \
