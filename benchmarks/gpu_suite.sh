@@ -10,7 +10,8 @@
 # Stages: kernels (benchmarks/gpu_kernel_tests.py for the plain scan and the fused SS2D core, two processes at once;
 # a crashed one reruns isolated), parity (model parity + torch converter tests with every implementation the GPU has),
 # sweep (the kernels' tile/unroll variants), scan, breakdown (where the train step's time goes), train_{T,S,B} (or
-# train_S+B: several models in one timed run, compiled in parallel first),
+# train_S+B: several models in one timed run, compiled in parallel first), profile (the train step's device time per
+# HLO op: which kernels to speed up),
 # cifar10, derivatives, resolution.
 #
 # Needs: the wheels of what the GPU image lacks in .whl/ (grain, ml_collections, array_record, tensorboardX,
@@ -67,6 +68,8 @@ for s in "$@"; do
               stage "$s" $((${TRAIN_S:-400} + 20)) python3 benchmarks/train_throughput.py --models "$(echo "${s#train_}" | tr + ,)" \
                 --steps 10 --warmup 3 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --timeout_s "${TRAIN_S:-400}" --budget_s "${TRAIN_S:-400}" \
                 --out_dir "$RES" ;;
+    profile)  stage profile "${PROFILE_S:-240}" python3 benchmarks/profile_step.py --model "${PROFILE_MODEL:-T}" \
+                ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --out_dir "$RES" ;;
     scan)     stage scan 150 python3 benchmarks/scan_bench.py --impls "${SCAN_IMPLS:-pallas_mosaic_gpu}" \
                 --skip-model --out "$RES/scan.json" ;;
     cifar10)  stage cifar10 560 python3 benchmarks/train_cifar10.py --data_dir .data --budget_minutes "${CIFAR_MIN:-8}" \

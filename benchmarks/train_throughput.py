@@ -30,12 +30,12 @@ MODELS = {"T": ("vmamba_tiny_s1l8", 1050), "S": ("vmamba_small_s1l20", 680), "B"
           "S_s2l15": ("vmamba_small_s2l15", 525), "B_s2l15": ("vmamba_base_s2l15", 413)}
 
 
-def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, resolution: int, dtype: str,
-            compile_only: bool = False) -> dict:
+def setup_train_step(name: str, batch: int, impl: str | None, resolution: int, dtype: str):
+    """(step, state, batch, model): train.py's jitted step for `name` with the official recipe, its initial state and
+    one synthetic on-device batch."""
     import jax
     import jax.numpy as jnp
 
-    from pallas_kernels.ss2d import resolve_implementation
     from vmamba_jax.train.config import default_config
     from vmamba_jax.train.loop import build_model
     from vmamba_jax.train.mesh import batch_sharding, make_mesh, state_shardings
@@ -59,7 +59,16 @@ def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, re
     make = jax.jit(lambda k1, k2: {"image": jax.random.normal(k1, (batch, resolution, resolution, 3)),
                                    "label": jax.random.randint(k2, (batch,), 0, 1000),
                                    "corrupt": jnp.zeros((batch,), jnp.int32)}, out_shardings=bsh)
-    data = make(k1, k2)
+    return step, state, make(k1, k2), model
+
+
+def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, resolution: int, dtype: str,
+            compile_only: bool = False) -> dict:
+    import jax
+
+    from pallas_kernels.ss2d import resolve_implementation
+
+    step, state, data, model = setup_train_step(name, batch, impl, resolution, dtype)
     t0 = time.perf_counter()
     if compile_only:  # fill the persistent compilation cache (benchmarks.common.precompile)
         step.lower(state, data).compile()

@@ -38,3 +38,30 @@ def test_precompile_fills_the_shared_cache_and_reports_each_child(tmp_path, monk
     res = subprocess.run(children[0], capture_output=True, text=True, timeout=120)
     assert "RESULT" in res.stdout, res.stderr[-2000:]
     assert sorted(os.listdir(tmp_path / "cache")) == sorted(entries)
+
+
+def test_profile_step_names_each_op_and_sums_its_trace_events(tmp_path):
+    """benchmarks/profile_step.py's two halves: HLO instructions to categories, and trace events summed per op."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.profile_step import hlo_categories, op_times
+
+    hlo = """
+  %custom-call.3 = (f32[4]{0}, u8[0]{0}) custom-call(f32[4]{0} %p), custom_call_target="mosaic_gpu_v2"
+  %cudnn-conv.1 = (bf16[2,8,8,4]{3,2,1,0}, u8[0]{0}) custom-call(%a, %b), custom_call_target="__cudnn$convForward"
+  %gemm_fusion.7 = bf16[8,8]{1,0} fusion(%x, %y), kind=kCustom, calls=%c, backend_config={"kind":"__triton_gemm"}
+  %loop_add_fusion = f32[8]{0} fusion(%x), kind=kLoop, calls=%fused_add
+  ROOT %copy.2 = f32[8]{0} copy(%loop_add_fusion)
+"""
+    assert hlo_categories(hlo) == {"custom-call.3": "mosaic_gpu kernel", "cudnn-conv.1": "convolution",
+                                   "gemm_fusion.7": "matmul", "loop_add_fusion": "fusion", "copy.2": "copy"}
+    f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
+    x = jnp.ones((256, 256))
+    f(x).block_until_ready()
+    with jax.profiler.trace(str(tmp_path)):
+        f(x).block_until_ready()
+    times = op_times(str(tmp_path), "/host:CPU")
+    ops = set(hlo_categories(f.lower(x).compile().as_text()))
+    assert times and set(times) <= ops, (times, ops)
+    assert all(ns > 0 for ns in times.values())

@@ -1,0 +1,160 @@
+"""Where a train step's device time goes, op by op: a jax.profiler trace of a few steps, summed per HLO op.
+
+    python benchmarks/profile_step.py --model T --out_dir /tmp/out              # on the GPU (gpu_suite stage `profile`)
+    python benchmarks/profile_step.py --model T --batch 2 --resolution 32       # CPU smoke: host threads stand in
+
+It builds train.py's step (`train_throughput.setup_train_step`: the official recipe, synthetic on-device batch), times
+`--steps` unprofiled steps, then traces as many more with `jax.profiler.trace` and reads the trace back with
+`jax.profiler.ProfileData`. Every event of the device planes (on CPU: the host plane) that carries an `hlo_op` stat is
+summed under that op; the compiled HLO says what each op is: a Mosaic GPU kernel (`mosaic_gpu*` custom call), a
+cuDNN convolution, a matmul (cuBLAS custom call or Triton gemm fusion), another fusion, a copy. Writes
+profile_<model>_<device>.{json,md}: per-category and top-op milliseconds per step beside the measured step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*[^=]*?\s([\w\-]+)\(")
+
+
+def hlo_categories(hlo_text: str) -> dict[str, str]:
+    """{instruction name: category} for every instruction of the compiled module's computations."""
+    out = {}
+    for line in hlo_text.splitlines():
+        m = _INSTR.match(line)
+        if not m:
+            continue
+        name, opcode = m.groups()
+        target = re.search(r'custom_call_target="([^"]+)"', line)
+        low = line.lower()
+        if target:
+            t = target.group(1).lower()
+            cat = ("mosaic_gpu kernel" if "mosaic" in t else "convolution" if "conv" in t else
+                   "matmul" if "gemm" in t or "matmul" in t or "cublas" in t else f"custom-call {target.group(1)}")
+        elif opcode == "fusion":
+            cat = ("matmul" if "gemm" in low or "__triton" in low else
+                   "convolution" if "convolution" in low else "fusion")
+        elif opcode in ("convolution",):
+            cat = "convolution"
+        elif opcode in ("dot",):
+            cat = "matmul"
+        elif opcode in ("copy", "transpose", "copy-start", "copy-done"):
+            cat = "copy"
+        else:
+            cat = opcode
+        out[name] = cat
+    return out
+
+
+def op_times(trace_dir: str, plane_prefix: str) -> dict[str, float]:
+    """{hlo_op: summed nanoseconds} over the events of every plane whose name starts with `plane_prefix`."""
+    from jax.profiler import ProfileData
+
+    paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+    if not paths:
+        raise FileNotFoundError(f"no .xplane.pb under {trace_dir}")
+    totals = collections.defaultdict(float)
+    for path in paths:
+        for plane in ProfileData.from_file(path).planes:
+            if not plane.name.startswith(plane_prefix):
+                continue
+            lines = list(plane.lines)
+            # A device plane may carry both the per-stream kernel lines and a derived "XLA Ops" line: count one.
+            ops_line = [ln for ln in lines if ln.name == "XLA Ops"]
+            streams = [ln for ln in lines if ln.name.startswith("Stream")]
+            for line in ops_line or streams or lines:
+                for ev in line.events:
+                    op = dict(ev.stats).get("hlo_op")
+                    if op:
+                        totals[str(op)] += ev.duration_ns
+    return dict(totals)
+
+
+def profile(name: str, batch: int, impl: str | None, resolution: int, dtype: str, steps: int, warmup: int) -> dict:
+    import jax
+
+    from benchmarks.train_throughput import setup_train_step
+
+    step, state, data, model = setup_train_step(name, batch, impl, resolution, dtype)
+    hlo = step.lower(state, data).compile().as_text()
+    for _ in range(warmup + 1):
+        state, m = step(state, data)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = step(state, data)
+    jax.block_until_ready(m)
+    step_ms = (time.perf_counter() - t0) / steps * 1e3
+    trace_dir = tempfile.mkdtemp(prefix="profile_step_")
+    with jax.profiler.trace(trace_dir):
+        for _ in range(steps):
+            state, m = step(state, data)
+        jax.block_until_ready(m)
+    on_gpu = jax.devices()[0].platform == "gpu"
+    times = op_times(trace_dir, "/device:" if on_gpu else "/host:CPU")
+    cats = hlo_categories(hlo)
+    per_op = sorted(((ns / steps / 1e6, op, cats.get(op, "?")) for op, ns in times.items()), reverse=True)
+    by_cat = collections.defaultdict(float)
+    for ms, _, cat in per_op:
+        by_cat[cat] += ms
+    return dict(model=name, batch=batch, resolution=resolution, dtype=dtype, impl=impl, steps=steps,
+                step_ms=step_ms, device_ms=sum(ms for ms, _, _ in per_op),
+                categories=dict(sorted(by_cat.items(), key=lambda kv: -kv[1])),
+                top_ops=[dict(op=op, category=cat, ms=ms) for ms, op, cat in per_op[:60]],
+                device=jax.devices()[0].device_kind, jax_version=jax.__version__,
+                date=datetime.date.today().isoformat())
+
+
+def main():
+    from benchmarks.train_throughput import MODELS
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="T", help=f"one of {sorted(MODELS)} or a registered model name")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--impl", default=None, help="scan implementation (default: auto)")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--top", type=int, default=25, help="rows of the per-op table")
+    p.add_argument("--out_dir", default=os.path.join(ROOT, "benchmarks", "results"))
+    a = p.parse_args()
+    from benchmarks.common import device_tag, use_compilation_cache
+
+    use_compilation_cache()
+    name = MODELS[a.model][0] if a.model in MODELS else a.model
+    r = profile(name, a.batch, a.impl, a.resolution, a.dtype, a.steps, a.warmup)
+    r["command"] = "python benchmarks/profile_step.py " + " ".join(sys.argv[1:])
+    kind, tag = device_tag()
+    os.makedirs(a.out_dir, exist_ok=True)
+    base = os.path.join(a.out_dir, f"profile_{name}_{tag}")
+    with open(base + ".json", "w") as f:
+        json.dump(r, f, indent=1)
+    md = [f"# Train-step profile: {name}, {kind}, jax {r['jax_version']}, {r['date']}", "",
+          f"Command: `{r['command']}`. Batch {a.batch} at {a.resolution}, {a.dtype}; train.py's full step. Measured "
+          f"step {r['step_ms']:.2f} ms (unprofiled); traced device time {r['device_ms']:.2f} ms per step (summed over "
+          "streams: overlapping kernels count twice, gaps not at all).", "",
+          "| category | ms / step | share of device time |", "|---|---|---|"]
+    md += [f"| {c} | {ms:.2f} | {ms / r['device_ms']:.0%} |" for c, ms in r["categories"].items()]
+    md += ["", f"Top {a.top} ops:", "", "| HLO op | category | ms / step |", "|---|---|---|"]
+    md += [f"| `{o['op']}` | {o['category']} | {o['ms']:.3f} |" for o in r["top_ops"][:a.top]]
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
