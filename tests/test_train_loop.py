@@ -107,3 +107,21 @@ def test_sigterm_saves_then_exits_and_eval_only_restores(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     result = json.loads(res.stdout[res.stdout.index("{"):])
     assert result["step"] == last and result["count"] == 360 and 0 <= result["top1"] <= 100 and "ema_top1" in result
+
+
+def test_saving_a_step_twice_is_a_no_op(tmp_path):
+    """A SIGTERM on an epoch's last step re-saves the step the epoch-end checkpoint just wrote (asynchronously):
+    that must not raise Orbax's StepAlreadyExistsError and lose the preemption save's exit path."""
+    import jax.numpy as jnp
+
+    from vmamba_jax.train.checkpoint import Checkpointer
+
+    state = {"w": jnp.arange(4.0)}
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), keep_best=0)
+    assert ckpt.save(99, state)
+    assert not ckpt.save(99, state)  # the first save may still be in flight
+    ckpt.wait()
+    assert not Checkpointer(str(tmp_path / "ckpt"), keep_best=0).save(99, state)  # after a restart too
+    assert ckpt.save(100, state)
+    ckpt.wait()
+    assert ckpt.latest_step() == 100

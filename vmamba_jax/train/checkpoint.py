@@ -33,6 +33,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save, create=True)
         self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._last_saved = None
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -41,6 +42,11 @@ class Checkpointer:
         return self.manager.best_step()
 
     def save(self, step: int, state, data_iterator=None, metrics: dict | None = None) -> bool:
+        """Saves (async) unless this step is already saved: a SIGTERM that lands on an epoch's last step asks again
+        for the step the epoch-end checkpoint just saved, which Orbax would refuse (StepAlreadyExistsError)."""
+        if int(step) in (self._last_saved, self.manager.latest_step()):
+            return False
+        self._last_saved = int(step)
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
