@@ -6,6 +6,7 @@
 #   KERNEL_IMPLS=fused_mosaic_gpu D_STATES=16 KERNEL_S=240 bash benchmarks/gpu_suite.sh kernels   # a subset of tests
 #   VMAMBA_MGPU_DIRECT_STORE=1 bash benchmarks/gpu_suite.sh kernels   # the kernels' direct_store path (CI interprets it)
 #   TRAIN_S=300 BREAKDOWN=model,xla_dwconv_grad BREAKDOWN_S=240 bash benchmarks/gpu_suite.sh train_T breakdown
+#   TRAIN_S=500 bash benchmarks/gpu_suite.sh train_S+B      # two models, compiled in parallel, timed one by one
 #
 # Stages: kernels (benchmarks/gpu_kernel_tests.py for the plain scan and the fused SS2D core, two processes at once;
 # a crashed one reruns isolated), parity (model parity + torch converter tests with every implementation the GPU has),
@@ -18,7 +19,8 @@
 # portpicker), the parity fixtures in .parity/ and, for `cifar10`, the two CIFAR-10 tars in .data/ (all git-ignored,
 # carried by the device tool). Every stage writes its result files under $RES (default /tmp/suite), packed after each
 # stage into $OUT/suite.tgz (the device tool returns at most 8 files), and its log straight to $OUT/<stage>.log, so a
-# call killed at the device tool's 600 s limit still returns the log of the stage it was in. Plan a call to end
+# call killed at the device tool's 600 s limit still returns the log of the stage it was in (so at most 7 stages a
+# call: the tool returns 8 files). Plan a call to end
 # inside 600 s *including* the ~10 s wheel install: a cifar10 stage of 590 s once overran and returned nothing.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
