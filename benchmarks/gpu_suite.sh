@@ -35,11 +35,11 @@ export PYTHONUNBUFFERED=1 VMAMBA_PARITY_DIR=$PWD/.parity BENCH_OUT_DIR=$RES
 summary=()
 stage() {  # stage NAME TIMEOUT_S CMD...
   local name=$1 t=$2; shift 2
-  local t0=$SECONDS
+  local t0=$SECONDS log="$OUT/${name//+/_}.log"  # the device tool returns only [A-Za-z0-9._-] names
   echo "=== $name: $*"
-  timeout "$t" "$@" > "$OUT/$name.log" 2>&1
+  timeout "$t" "$@" > "$log" 2>&1
   local rc=$?
-  grep -v cuda_timer "$OUT/$name.log" | tail -n 25  # XLA's autotuner timing warnings drown the rest
+  grep -v cuda_timer "$log" | tail -n 25  # XLA's autotuner timing warnings drown the rest
   summary+=("$name rc=$rc $((SECONDS - t0))s")
   tar czf "$OUT/suite.tgz" -C "$RES" .
 }
