@@ -140,7 +140,7 @@ def main():
     a = p.parse_args()
     import jax
 
-    from benchmarks.common import device_tag, precompile, use_compilation_cache
+    from benchmarks.common import device_tag, precompile, precompile_window, use_compilation_cache
 
     use_compilation_cache()
     if a.one:
@@ -152,7 +152,7 @@ def main():
     names = a.models.split(",")
     os.makedirs(a.out_dir, exist_ok=True)
     pre = {} if a.no_precompile or len(names) < 2 or jax.default_backend() == "cpu" else dict(zip(names, precompile(
-        [child_cmd(n) for n in names], min(a.timeout_s, a.budget_s / 2), a.out_dir)))
+        [child_cmd(n) for n in names], precompile_window(a.timeout_s, a.budget_s, len(names)), a.out_dir)))
     for name in names:
         left = a.budget_s - (time.perf_counter() - t_start)
         if left < 30:
