@@ -125,3 +125,31 @@ def test_saving_a_step_twice_is_a_no_op(tmp_path):
     assert ckpt.save(100, state)
     ckpt.wait()
     assert ckpt.latest_step() == 100
+
+
+def test_small_eval_sets_are_decoded_once_and_give_the_same_metrics(tmp_path, monkeypatch):
+    """config.data.cache_eval_mib: after one pass the eval batches come from the devices, with the same result."""
+    import importlib.util
+
+    import jax
+
+    from vmamba_jax.train import loop
+
+    spec = importlib.util.spec_from_file_location("digits", os.path.join(ROOT, "configs", "digits.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config()
+    cfg.model.kwargs.dims, cfg.model.kwargs.depths, cfg.data.image_size = (8,), (1,), 16
+    cfg.global_batch, cfg.eval_batch, cfg.ema_decay = 32, 120, 0.9
+    passes = []
+    real = loop.eval_dataset
+    monkeypatch.setattr(loop, "eval_dataset", lambda *a, **k: passes.append(1) or real(*a, **k))
+
+    run = loop._Run(cfg, str(tmp_path))
+    state = jax.jit(run.init_fn)(jax.random.PRNGKey(0))
+    first, second = run.evaluate(state), run.evaluate(state)
+    assert len(passes) == 1 and first == second and first["count"] == 360
+
+    cfg.data.cache_eval_mib = 0  # off: decoded every time
+    run = loop._Run(cfg, str(tmp_path / "off"))
+    assert run.evaluate(state) == first and run.evaluate(state) == first and len(passes) == 3

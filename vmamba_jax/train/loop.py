@@ -103,23 +103,39 @@ class _Run:
         self.abstract_state = jax.eval_shape(self.init_fn, jax.random.PRNGKey(cfg.seed))
         self.state_sharding = state_shardings(self.abstract_state, self.mesh)
         self.batch_sharding = batch_sharding(self.mesh)
+        self._eval_cache = None  # see eval_batches
         self.eval_step = make_eval_step(self.model, params_sharding=self.state_sharding.params,
                                         batch_sharding=self.batch_sharding, mesh=self.mesh)
         self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
                                          keep_best=cfg.checkpoint.keep_best,
                                          async_save=cfg.checkpoint.async_save)
 
-    def evaluate(self, state) -> dict:
-        """top1/top5/loss of raw and (if any) EMA params over the whole eval set."""
+    def eval_batches(self):
+        """The eval set as global batches: decoded by Grain, or from the device cache (config.data.cache_eval_mib)
+        once one pass has filled it."""
+        if self._eval_cache is not None:
+            yield from self._eval_cache
+            return
         ds, steps = eval_dataset(self.eval_src, self.eval_tf, global_batch=self.cfg.eval_batch,
                                  process_index=jax.process_index(), process_count=jax.process_count(),
                                  worker_count=self.cfg.data.eval_workers, threads=16, prefetch=16)
+        size = self.cfg.data.image_size
+        cache = [] if steps * self.cfg.eval_batch * size * size * 3 * 4 <= self.cfg.data.cache_eval_mib * 2 ** 20 \
+            else None
+        for local in ds:
+            batch = global_batch(local, self.batch_sharding)
+            if cache is not None:
+                cache.append(batch)
+            yield batch
+        self._eval_cache = cache  # only a finished pass is kept
+
+    def evaluate(self, state) -> dict:
+        """top1/top5/loss of raw and (if any) EMA params over the whole eval set."""
         variants = {"": state.params}
         if state.ema_params is not None:
             variants["ema_"] = state.ema_params
         sums = {k: None for k in variants}
-        for local in ds:
-            batch = global_batch(local, self.batch_sharding)
+        for batch in self.eval_batches():
             for k, p in variants.items():
                 out = self.eval_step(p, batch)
                 sums[k] = out if sums[k] is None else jax.tree.map(jnp.add, sums[k], out)
