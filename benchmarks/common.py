@@ -97,6 +97,34 @@ def precompile(cmds: Sequence[Sequence[str]], timeout_s: float, log_dir: str | N
     return out
 
 
+def merge_records(path: str | None, rows: list[dict], measured: Callable[[dict], bool], key: str = "model"
+                  ) -> list[dict]:
+    """`rows` merged into the records of an earlier results file (`--merge`), so one table can be filled over
+    several device calls: a new row replaces the old row of its `key`, unless the new one failed where the old was
+    `measured`; rows for other keys are kept in their order."""
+    if not path or not os.path.exists(path):
+        return list(rows)
+    with open(path) as f:
+        merged = json.load(f)
+    for row in rows:
+        i = next((i for i, old in enumerate(merged) if old.get(key) == row.get(key)), None)
+        if i is None:
+            merged.append(row)
+        elif measured(row) or not measured(merged[i]):
+            merged[i] = row
+    return merged
+
+
+def commands_md(rows: list[dict], key: str = "model") -> list[str]:
+    """Markdown lines naming the command (each record's "command") that produced each row."""
+    by_cmd: dict[str, list[str]] = {}
+    for r in rows:
+        by_cmd.setdefault(r.get("command", "?"), []).append(str(r.get(key)))
+    if len(by_cmd) == 1:
+        return [f"Command: `{next(iter(by_cmd))}`."]
+    return ["Commands:"] + [f"- {', '.join(names)}: `{cmd}`" for cmd, names in by_cmd.items()]
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 

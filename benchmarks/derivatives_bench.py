@@ -2,6 +2,8 @@
 
     python benchmarks/derivatives_bench.py                                     # 224, batch 128, bf16; all three
     python benchmarks/derivatives_bench.py --batch 2 --resolution 32 --steps 1 --warmup 1 --repeats 1   # CPU smoke
+    python benchmarks/derivatives_bench.py --models resvmamba_small --merge benchmarks/results/derivatives_h200.json
+                                           # fill one table over several device calls (a model's compile is minutes)
 
 All models first compile at once into a shared persistent compilation cache (`benchmarks.common.precompile`), then
 each is timed in its own subprocess (so a failure or a timeout costs only that row, and the peak memory is its own):
@@ -90,17 +92,20 @@ def run_one(name: str, a, timeout_s: float) -> dict:
 
 
 def write(rows: list[dict], a, kind: str, tag: str) -> str:
+    from benchmarks.common import commands_md, merge_records
+
     os.makedirs(a.out_dir, exist_ok=True)
+    rows = merge_records(a.merge, rows, measured=lambda r: "train_img_s" in r)
     base = os.path.join(a.out_dir, f"derivatives_{tag}")
     with open(base + ".json", "w") as f:
         json.dump(rows, f, indent=2)
     ref = next((r for r in rows if r["model"] == BASELINE and "infer_img_s" in r), None)
     import jax
-    cmd = "python benchmarks/derivatives_bench.py " + " ".join(sys.argv[1:])
     md = [f"# Derivatives throughput, {kind}, jax {jax.__version__}, {datetime.date.today().isoformat()}", "",
-          f"Command: `{cmd.strip()}`. Batch {a.batch} at {a.resolution}x{a.resolution}, {a.dtype} compute, fp32 "
+          f"Batch {a.batch} at {a.resolution}x{a.resolution}, {a.dtype} compute, fp32 "
           f"params; inference = jit apply (median of {a.repeats}); training = train.py's full step ({a.warmup} "
           f"warm-up, {a.steps} timed steps), synthetic on-device batches. Ratios are against {BASELINE}.", "",
+          *commands_md(rows), "",
           "| model | params M | GFLOPs | infer img/s | vs VMamba-T | train img/s | vs VMamba-T | train peak GiB | "
           "scan impl |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -137,6 +142,8 @@ def main():
     p.add_argument("--compile_only", action="store_true", help=argparse.SUPPRESS)  # internal: see precompile
     p.add_argument("--no_precompile", action="store_true",
                    help="compile each model only when it is timed (default: all at once first, into a shared cache)")
+    p.add_argument("--merge", default=None, metavar="JSON",
+                   help="an earlier derivatives_<device>.json: keep its rows for the models not re-run here")
     a = p.parse_args()
     import jax
 
@@ -162,6 +169,7 @@ def main():
         if name in pre:
             row["precompile"] = pre[name]
         row["date"] = datetime.date.today().isoformat()
+        row["command"] = "python benchmarks/derivatives_bench.py " + " ".join(sys.argv[1:])
         rows.append(row)
         print(json.dumps(row), flush=True)
         write(rows, a, kind, tag)

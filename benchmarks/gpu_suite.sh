@@ -7,6 +7,9 @@
 #   VMAMBA_MGPU_DIRECT_STORE=1 bash benchmarks/gpu_suite.sh kernels   # the kernels' direct_store path (CI interprets it)
 #   TRAIN_S=300 BREAKDOWN=model,xla_dwconv_grad BREAKDOWN_S=240 bash benchmarks/gpu_suite.sh train_T breakdown
 #   TRAIN_S=500 bash benchmarks/gpu_suite.sh train_S+B      # two models, compiled in parallel, timed one by one
+#   TRAIN_MERGE=benchmarks/results/train_throughput_h200.json TRAIN_S=400 bash benchmarks/gpu_suite.sh train_B
+#       # one more row for the committed table (DERIV_MERGE likewise): S/B-sized models compile for ~5 minutes, so
+#       # a table is filled over several calls
 #
 # Stages: kernels (benchmarks/gpu_kernel_tests.py for the plain scan and the fused SS2D core, two processes at once;
 # a crashed one reruns isolated), parity (model parity + torch converter tests with every implementation the GPU has),
@@ -69,7 +72,7 @@ for s in "$@"; do
               # train_T+S+B: one invocation, the three train steps compiled in parallel first (precompile).
               stage "$s" $((${TRAIN_S:-400} + 20)) python3 benchmarks/train_throughput.py --models "$(echo "${s#train_}" | tr + ,)" \
                 --steps 10 --warmup 3 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --timeout_s "${TRAIN_S:-400}" --budget_s "${TRAIN_S:-400}" \
-                --out_dir "$RES" ;;
+                ${TRAIN_MERGE:+--merge "$TRAIN_MERGE"} --out_dir "$RES" ;;
     profile)  stage profile "${PROFILE_S:-240}" python3 benchmarks/profile_step.py --model "${PROFILE_MODEL:-T}" \
                 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --out_dir "$RES" ;;
     scan)     stage scan 150 python3 benchmarks/scan_bench.py --impls "${SCAN_IMPLS:-pallas_mosaic_gpu}" \
@@ -78,7 +81,8 @@ for s in "$@"; do
                 --out_dir "$RES" ;;
     derivatives) stage derivatives 570 python3 benchmarks/derivatives_bench.py \
                 --models "${DERIV_MODELS:-msvmamba_v3_tiny,resvmamba_small,vmamba_tiny_s1l8}" \
-                ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --timeout_s "${DERIV_S:-260}" --budget_s 550 --out_dir "$RES" ;;
+                ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --timeout_s "${DERIV_S:-260}" --budget_s 550 \
+                ${DERIV_MERGE:+--merge "$DERIV_MERGE"} --out_dir "$RES" ;;
     resolution) stage resolution 560 python3 benchmarks/resolution_scaling.py --out "$RES" --no-flops \
                 --resolutions "${RESOLUTIONS:-224,384,512,640,768,1024}" --budget-s "${BUDGET_S:-470}" ;;
     *) echo "unknown stage $s"; exit 2 ;;

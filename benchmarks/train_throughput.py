@@ -3,6 +3,8 @@ forward with drop path, label-smoothed soft-target CE, backward, clip, AdamW, EM
 
     python benchmarks/train_throughput.py                       # T, S, B; writes benchmarks/results/train_throughput_<device>.{json,md}
     python benchmarks/train_throughput.py --models T --steps 5  # quick
+    python benchmarks/train_throughput.py --models B --merge benchmarks/results/train_throughput_h200.json
+                                                                # add a row to an earlier table (one model a call)
 
 Each model runs in its own subprocess so that the peak memory (`memory_stats()["peak_bytes_in_use"]`) is its own.
 With several models, all of them first compile at once into a shared persistent compilation cache
@@ -135,10 +137,13 @@ def main():
     p.add_argument("--compile_only", action="store_true", help=argparse.SUPPRESS)  # internal: see precompile
     p.add_argument("--no_precompile", action="store_true",
                    help="compile each model only when it is timed (default: all at once first, into a shared cache)")
+    p.add_argument("--merge", default=None, metavar="JSON",
+                   help="an earlier train_throughput_<device>.json: keep its rows for the models not re-run here")
     p.add_argument("--impl", default=None,
                    help="scan implementation tried first (default: auto); 'associative' is the fallback")
     a = p.parse_args()
-    from benchmarks.common import device_tag, precompile, precompile_window, use_compilation_cache
+    from benchmarks.common import (commands_md, device_tag, merge_records, precompile, precompile_window,
+                                   use_compilation_cache)
 
     use_compilation_cache()
     if a.one:
@@ -155,6 +160,7 @@ def main():
                "--warmup", str(a.warmup), "--dtype", a.dtype, "--resolution", str(a.resolution)]
         return cmd + (["--impl", impl] if impl else [])
 
+    command = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])
     t_start, budget = time.perf_counter(), a.budget_s or float("inf")
     names = [MODELS[key][0] for key in a.models.split(",")]
     os.makedirs(a.out_dir, exist_ok=True)
@@ -187,19 +193,18 @@ def main():
             row[err_key] = (res.stderr or res.stdout)[-1500:]
             print(f"{name} impl={impl or 'auto'} failed:\n{row[err_key]}", flush=True)
         row.update(official_img_per_s=target, speedup_vs_official=row.get("img_per_s", 0) / target, device=kind,
-                   jax_version=jax.__version__, date=datetime.date.today().isoformat())
+                   jax_version=jax.__version__, date=datetime.date.today().isoformat(), command=command)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if not k.startswith("error")}), flush=True)
 
-    os.makedirs(a.out_dir, exist_ok=True)
+    rows = merge_records(a.merge, rows, measured=lambda r: "img_per_s" in r)
     base = os.path.join(a.out_dir, f"train_throughput_{tag}")
     with open(base + ".json", "w") as f:
         json.dump(rows, f, indent=2)
-    cmd = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])
     md = [f"# Training throughput, {kind}, jax {jax.__version__}, {datetime.date.today().isoformat()}", "",
-          f"Command: `{cmd.strip()}`. Batch {a.batch} at {a.resolution}x{a.resolution}, {a.dtype} compute, fp32 params;"
-          " full train step (mixup/cutmix, drop path, soft-target CE, backward, clip 5, AdamW, EMA); synthetic "
-          f"on-device batches; {a.warmup} warm-up then {a.steps} timed steps.", "",
+          f"Batch {a.batch} at {a.resolution}x{a.resolution}, {a.dtype} compute, fp32 params; full train step "
+          "(mixup/cutmix, drop path, soft-target CE, backward, clip 5, AdamW, EMA); synthetic on-device batches; "
+          f"{a.warmup} warm-up then {a.steps} timed steps.", "", *commands_md(rows), "",
           "| model | img/s | official (PyTorch, H100) | speedup | goal 1.3x | peak GiB | scan impl | compile s |",
           "|---|---|---|---|---|---|---|---|"]
     md += [table_row(r) for r in rows]

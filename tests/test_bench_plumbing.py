@@ -65,3 +65,21 @@ def test_profile_step_names_each_op_and_sums_its_trace_events(tmp_path):
     ops = set(hlo_categories(f.lower(x).compile().as_text()))
     assert times and set(times) <= ops, (times, ops)
     assert all(ns > 0 for ns in times.values())
+
+
+def test_merge_records_fills_one_table_over_several_calls(tmp_path):
+    """--merge: a re-run model replaces its row, unless it failed where the earlier row was measured."""
+    import json
+
+    from benchmarks.common import commands_md, merge_records
+
+    path = tmp_path / "t.json"
+    ok = lambda r: "img_per_s" in r  # noqa: E731
+    assert merge_records(str(path), [{"model": "T", "img_per_s": 1}], ok) == [{"model": "T", "img_per_s": 1}]
+    path.write_text(json.dumps([{"model": "T", "img_per_s": 1, "command": "a"}, {"model": "S", "error": "x"}]))
+    merged = merge_records(str(path), [{"model": "S", "img_per_s": 2, "command": "b"}, {"model": "T", "error": "y"},
+                                       {"model": "B", "error": "z", "command": "b"}], ok)
+    assert merged == [{"model": "T", "img_per_s": 1, "command": "a"}, {"model": "S", "img_per_s": 2, "command": "b"},
+                      {"model": "B", "error": "z", "command": "b"}]
+    assert commands_md(merged) == ["Commands:", "- T: `a`", "- S, B: `b`"]
+    assert commands_md(merged[1:]) == ["Command: `b`."]
