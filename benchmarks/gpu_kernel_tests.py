@@ -99,6 +99,8 @@ def main():
     p.add_argument("--quick", action="store_true", help="one case per (N, dtype)")
     p.add_argument("--d-states", default="1,16", help="comma list of d_state values to test")
     p.add_argument("--case", type=int, default=None, help="run only this case index (used by --isolate)")
+    p.add_argument("--start", type=int, default=0,
+                   help="skip the cases before this index (to go on where a cut-off slot ended)")
     p.add_argument("--isolate", action="store_true",
                    help="run every case in its own process, so a crashed kernel cannot poison the CUDA context of "
                         "the cases after it")
@@ -124,7 +126,7 @@ def main():
                     cases.append((impl, 2, 4, per_group, n, length, dtype_name))
     records, failed = [], 0
     for i, (impl, b, k, d, n, length, dtype_name) in enumerate(cases):
-        if args.case is not None and i != args.case:
+        if (args.case is not None and i != args.case) or i < args.start:
             continue
         rec = dict(impl=impl, B=b, K=k, C=d, N=n, L=length, dtype=dtype_name, **env)
         t0 = time.time()
@@ -151,9 +153,9 @@ def main():
               + (f"  {rec.get('exception', '')[:300]}" if not rec["passed"] else ""), flush=True)
         if "traceback" in rec and failed <= 2:
             print(rec["traceback"], flush=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(records, indent=1))
+        if args.out:  # after every case: a slot's timeout keeps the finished records
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(records, indent=1))
     for impl in dict.fromkeys(r["impl"] for r in records):
         rs = [r for r in records if r["impl"] == impl]
         print(f"{impl}: {sum(r['passed'] for r in rs)}/{len(rs)} cases passed")

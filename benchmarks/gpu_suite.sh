@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_suite.sh kernels parity train_T      # stage names, run in order
 #   SCAN_IMPL=associative bash benchmarks/gpu_suite.sh train_T   # the scan the timing stages use (default: auto)
 #   KERNEL_IMPLS=fused_mosaic_gpu D_STATES=16 KERNEL_S=240 bash benchmarks/gpu_suite.sh kernels   # a subset of tests
+#   KERNEL_START=3 ...                                    # go on from case 3 (0-2 passed before a slot ended)
 #   VMAMBA_MGPU_DIRECT_STORE=1 bash benchmarks/gpu_suite.sh kernels   # the kernels' direct_store path (CI interprets it)
 #   TRAIN_S=300 BREAKDOWN=model,xla_dwconv_grad BREAKDOWN_S=240 bash benchmarks/gpu_suite.sh train_T breakdown
 #   TRAIN_S=500 bash benchmarks/gpu_suite.sh train_S+B      # two models, compiled in parallel, timed one by one
@@ -49,7 +50,7 @@ stage() {  # stage NAME TIMEOUT_S CMD...
 kernel_tests() {  # kernel_tests IMPL TIMEOUT: one process, then every case isolated if a crash poisoned it
   local impl=$1 t=$2 t0=$SECONDS
   timeout "$t" python3 benchmarks/gpu_kernel_tests.py --impls "$impl" --d-states "${D_STATES:-1,16}" \
-    --out "$RES/gpu_kernel_tests_$impl.json" > "$RES/kernels_$impl.log" 2>&1
+    --start "${KERNEL_START:-0}" --out "$RES/gpu_kernel_tests_$impl.json" > "$RES/kernels_$impl.log" 2>&1
   if grep -q "CUDA_ERROR\|Segmentation\|core dumped" "$RES/kernels_$impl.log" && ((SECONDS - t0 < t - 30)); then
     timeout $((t - SECONDS + t0)) python3 benchmarks/gpu_kernel_tests.py --impls "$impl" --isolate --d-states "${D_STATES:-1,16}" \
       --out "$RES/gpu_kernel_tests_${impl}_isolated.json" > "$RES/kernels_${impl}_isolated.log" 2>&1
