@@ -128,16 +128,21 @@ def main():
     cfg = load_config([f"data.root={root}", *a.set])
     info = {}
     if a.epochs is None:
-        info = probe(cfg)
+        info = probe(cfg)  # compiled for the config's epochs: the LR schedule's length is a constant of the program
         # An epoch: its steps (the slower of device and input pipeline), its evaluation, a checkpoint, logging.
         # The 2026-12-01 H200 run guessed 1.5 s for the evaluation where it took ~7 s (decoding the test set every
         # epoch, since cached) and overran its slot by a quarter; now both are measured.
         epoch_s = info["steps_per_epoch"] * max(info["step_s"], info["data_s"]) * 1.08 + info["eval_s"] + 1.0
-        # The real run compiles its train and eval steps again (from the persistent cache) and decodes the test set
-        # once more; 20 s for start-up and the final save.
-        left = (a.budget_minutes * 60 - (time.time() - t_start) - info["compile_s"] - info["first_eval_s"] - 20)
-        epochs = float(max(1, min(a.max_epochs, math.floor(left / epoch_s))))
-        print(f"probe: {json.dumps(info)} -> {epochs:.0f} epochs ({epoch_s:.1f} s/epoch)", flush=True)
+        # The real run decodes the test set once more; 20 s for start-up and the final save. If the config's epochs
+        # fit, it reuses the probe's compiled step (XLA's persistent cache, the process' Mosaic GPU kernels); any
+        # other epoch count recompiles (that run's first step took 50 s on the H200).
+        left = a.budget_minutes * 60 - (time.time() - t_start) - info["first_eval_s"] - 20
+        if cfg.epochs * epoch_s <= left:
+            epochs = float(cfg.epochs)
+        else:
+            epochs = float(max(1, min(a.max_epochs, math.floor((left - info["compile_s"]) / epoch_s))))
+        print(f"probe: {json.dumps(info)} -> {epochs:.0f} epochs ({epoch_s:.1f} s/epoch, {left:.0f} s left)",
+              flush=True)
     else:
         epochs = a.epochs
     cfg.epochs = epochs
