@@ -8,8 +8,9 @@ The model keeps VMamba-T's blocks (v05_noz SS2D, d_state 1, ssm_ratio 1, MLP 4, 
 2/2/6. Short-schedule recipe: padded random crop + flip, label smoothing 0.1, no mixup (it slows a 60-epoch run),
 AdamW lr 2e-3 at batch 512, 2 warmup epochs, cosine, EMA 0.999. Goal on one H100 (bf16): >= 90% test top-1 in a
 run of at most 10 minutes. Measured (H200, jax 0.11.2, 2026-12-01, benchmarks/results/cifar10_h200.md): 85.95% top-1
-(EMA 84.96%) after 33.8 of 44 planned epochs when the 9.3-minute slot ended: goal NOT MET yet. That run decoded the
-test set every epoch (since cached on the device, data.cache_eval_mib), which made an epoch 11 s instead of ~5.
+(EMA 84.96%) after 33.8 of 44 planned epochs when the 9.3-minute slot ended: goal NOT MET yet. An epoch took 11.5 s
+for 4.3 s of train steps; its evaluation decoded the test set every epoch (now cached on the device,
+data.cache_eval_mib).
 """
 
 from vmamba_jax.train.config import default_config
