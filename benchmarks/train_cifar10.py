@@ -130,8 +130,9 @@ def main():
     if a.epochs is None:
         info = probe(cfg)  # compiled for the config's epochs: the LR schedule's length is a constant of the program
         # An epoch: its steps (the slower of device and input pipeline), its evaluation, a checkpoint, logging.
-        # The 2026-12-01 H200 run guessed 1.5 s for the evaluation where it took ~7 s (decoding the test set every
-        # epoch, since cached) and overran its slot by a quarter; now both are measured.
+        # The 2026-12-01 H200 run guessed 1.5 s for the evaluation where an epoch spent ~7 s beyond its steps (its
+        # evaluation decoded the test set every epoch, since cached) and overran its slot by a quarter; now the
+        # evaluation is measured.
         epoch_s = info["steps_per_epoch"] * max(info["step_s"], info["data_s"]) * 1.08 + info["eval_s"] + 1.0
         # The real run decodes the test set once more; 20 s for start-up and the final save. If the config's epochs
         # fit, it reuses the probe's compiled step (XLA's persistent cache, the process' Mosaic GPU kernels); any
