@@ -47,6 +47,20 @@ DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
 
+class _FirstCallTimer:
+    """Seconds of each function's first (compiling) call: a case's time is nearly all compilation, and the kernels'
+    share of it (Mosaic GPU compiles every distinct kernel at its first call, in every process) is worth knowing."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def __call__(self, name, fn, args):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        return out
+
+
 def check_ss2d_case(impl, batch, h, w, d, d_state, dtype_name, seed):
     from pallas_kernels.ss2d import ss2d_core, ss2d_core_reference
     args = make_core_inputs(seed, batch, h, w, d, d_state, -(-d // 16), DTYPES[dtype_name])  # dt rank "auto"
@@ -54,14 +68,16 @@ def check_ss2d_case(impl, batch, h, w, d, d_state, dtype_name, seed):
     fn = lambda *a: ss2d_core(*a, implementation=impl)  # noqa: E731
     wgt = jax.random.normal(jax.random.PRNGKey(seed + 1), (batch, h, w, d))
     argnums = tuple(range(6))
-    errs = {"y": rel_err(jax.jit(fn)(*args), jax.jit(ref)(*args))}
-    g_fn = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) * wgt), argnums))(*args)
-    g_ref = jax.jit(jax.grad(lambda *a: jnp.sum(ref(*a) * wgt), argnums))(*args)
+    timer = _FirstCallTimer()
+    y = timer("kernel_fwd", jax.jit(fn), args)
+    errs = {"y": rel_err(y, timer("reference_fwd", jax.jit(ref), args))}
+    g_fn = timer("kernel_grad", jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) * wgt), argnums)), args)
+    g_ref = timer("reference_grad", jax.jit(jax.grad(lambda *a: jnp.sum(ref(*a) * wgt), argnums)), args)
     for name, gi, gr in zip(("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"), g_fn, g_ref):
         errs["d" + name] = rel_err(gi, gr)
     fwd_tol, grad_tol = TOL[dtype_name]
     ok = errs["y"] < fwd_tol and all(v < grad_tol for k, v in errs.items() if k != "y")
-    return errs, ok
+    return errs, ok, timer.seconds
 
 
 def check_case(impl, batch, groups, per_group, d_state, length, dtype_name, seed):
@@ -72,21 +88,22 @@ def check_case(impl, batch, groups, per_group, d_state, length, dtype_name, seed
     argnums = tuple(range(7))
     ref_grad = jax.jit(jax.grad(lambda *a: jnp.sum(selective_scan_reference(*a) * w), argnums))
     grad = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) * w), argnums))
-    errs = {"y": rel_err(jax.jit(fn)(*args), ref_fwd(*args))}
-    for name, gi, gr in zip(ARG_NAMES, grad(*args), ref_grad(*args)):
+    timer = _FirstCallTimer()
+    errs = {"y": rel_err(timer("kernel_fwd", jax.jit(fn), args), timer("reference_fwd", ref_fwd, args))}
+    for name, gi, gr in zip(ARG_NAMES, timer("kernel_grad", grad, args), timer("reference_grad", ref_grad, args)):
         errs["d" + name] = rel_err(gi, gr)
     fwd_tol, grad_tol = TOL[dtype_name]
     ok = errs["y"] < fwd_tol and all(v < grad_tol for k, v in errs.items() if k != "y")
-    return errs, ok
+    return errs, ok, timer.seconds
 
 
 def run_case(impl, b, k, d, n, length, dtype_name, seed):
     try:
         if impl.startswith("fused"):  # k is the map's (H, W)
-            errs, ok = check_ss2d_case(impl, b, *k, d, n, dtype_name, seed)
+            errs, ok, seconds = check_ss2d_case(impl, b, *k, d, n, dtype_name, seed)
         else:
-            errs, ok = check_case(impl, b, k, d, n, length, dtype_name, seed)
-        return dict(errors=errs, passed=ok)
+            errs, ok, seconds = check_case(impl, b, k, d, n, length, dtype_name, seed)
+        return dict(errors=errs, passed=ok, first_call_s=seconds)
     except Exception as e:  # noqa: BLE001 - record and continue: one broken case must not hide the others
         return dict(errors=None, passed=False, exception=f"{type(e).__name__}: {str(e)[:2000]}",
                     traceback=traceback.format_exc()[-3000:])
@@ -150,6 +167,7 @@ def main():
         worst = max(rec["errors"].values()) if rec["errors"] else float("nan")
         print(f"{impl:18s} B={b} K={k} C={d:3d} N={n:2d} L={length:4d} {dtype_name}  "
               f"{'PASS' if rec['passed'] else 'FAIL'}  worst rel err {worst:.2e}  ({rec['seconds']} s)"
+              + (f"  first calls {rec['first_call_s']}" if rec.get("first_call_s") else "")
               + (f"  {rec.get('exception', '')[:300]}" if not rec["passed"] else ""), flush=True)
         if "traceback" in rec and failed <= 2:
             print(rec["traceback"], flush=True)
