@@ -43,10 +43,6 @@ TOL = {"fp32": (1e-5, 1e-4), "bf16": (1e-2, 1e-2)}
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
-
-
-
-
 class _FirstCallTimer:
     """Seconds of each function's first (compiling) call: a case's time is nearly all compilation, and the kernels'
     share of it (Mosaic GPU compiles every distinct kernel at its first call, in every process) is worth knowing."""
