@@ -77,8 +77,9 @@ def precompile(cmds: Sequence[Sequence[str]], timeout_s: float, log_dir: str | N
 
     On the GPU a large train step spends minutes in compilation (XLA passes, autotuning, LLVM, ptxas: host work
     mostly), so compiling N models in parallel into the shared persistent cache (`use_compilation_cache`) and then
-    timing them one at a time, each loading its executables from the cache, takes about the slowest compile plus the
-    timings instead of the sum. Returns one {"cmd", "rc", "seconds"} per child (rc None: killed at `timeout_s`).
+    timing them one at a time, each loading its XLA executables from the cache, saves the XLA part of every compile
+    but the slowest. It does not save the Mosaic GPU kernels' compile, which every process pays again (see
+    TIMED_RUN_RESERVE_S). Returns one {"cmd", "rc", "seconds"} per child (rc None: killed at `timeout_s`).
     """
     t0, procs, logs = time.perf_counter(), [], []
     for i, cmd in enumerate(cmds):

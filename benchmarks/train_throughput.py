@@ -9,7 +9,8 @@ forward with drop path, label-smoothed soft-target CE, backward, clip, AdamW, EM
 Each model runs in its own subprocess so that the peak memory (`memory_stats()["peak_bytes_in_use"]`) is its own.
 With several models, all of them first compile at once into a shared persistent compilation cache
 (`benchmarks.common.precompile`; compile time is host work and was minutes per model on the H200), so each timed
-subprocess loads its train step from the cache: its `compile_s` is then the load, `precompile` the parallel compile.
+subprocess loads its XLA executable from the cache: its `compile_s` is then that load plus the Mosaic GPU kernels'
+compile (not cached; `compile_parts_s` splits it), `precompile` the parallel compile.
 The scan implementation is the best available (`scan_implementation=None` -> auto); if that fails to compile or run,
 the row is retried with "associative" and the error is recorded. Targets: the official PyTorch training step on an
 H100 (spec/targets.md): T 1050, S 680, B 542 img/s; the goal is 1.3x.
