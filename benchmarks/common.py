@@ -6,9 +6,11 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Sequence
 
@@ -55,49 +57,81 @@ def use_compilation_cache(cache_dir: str = "/tmp/jax_cache_bench") -> str:
     return os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
-# Seconds a timed child needs once its executables are in the cache (start-up, load, warm-up, timed steps): VMamba-S's
-# took 85 s after a finished precompile (H200, 2026-12-01). XLA's cache does not hold the Mosaic GPU kernels: jaxlib
-# compiles each distinct kernel when an executable is loaded, once per process, one at a time (CachedCompile in
-# jaxlib/mosaic/gpu/custom_call.cc); VMamba-T's train step has 8 distinct ones (4 stages x forward/backward).
-TIMED_RUN_RESERVE_S = 100.0
+# A benchmark child that runs under `run_in_turns` finds its turn's file prefix here.
+TURN_ENV = "VMAMBA_BENCH_TURN"
 
 
-def precompile_window(timeout_s: float, budget_s: float, n_models: int, reserve_s: float = TIMED_RUN_RESERVE_S
-                      ) -> float:
-    """Seconds the parallel precompile may run: all of the budget but each model's timed run (`reserve_s`).
+def wait_for_turn() -> float:
+    """Called by a benchmark child between its compile (and warm-up) and its timing. Under `run_in_turns` it says
+    "compiled" and blocks until the parent gives this process the GPU; otherwise it returns at once. Returns the
+    seconds it waited."""
+    prefix = os.environ.get(TURN_ENV)
+    if not prefix:
+        return 0.0
+    t0 = time.perf_counter()
+    open(prefix + ".ready", "w").close()
+    while not os.path.exists(prefix + ".go"):
+        time.sleep(0.1)
+    return time.perf_counter() - t0
 
-    A precompile killed early is wasted whole (nothing reaches the cache), so it gets as much as the timed runs that
-    follow can spare; halving the budget killed VMamba-S and -B's 3-minute compiles (H200, 2026-12-01).
+
+def run_in_turns(cmds: Sequence[Sequence[str]], logs: Sequence[str], budget_s: float, turn_reserve_s: float = 60.0
+                 ) -> list[dict]:
+    """Runs the child commands all at once, so that they compile in parallel, and lets them time one at a time.
+
+    Each child calls `wait_for_turn()` once it has compiled and warmed up. On the GPU a large train step spends
+    minutes compiling (XLA's passes, autotuning, LLVM, ptxas, and the Mosaic GPU kernels: host work mostly), so N
+    models cost the slowest compile plus N timings instead of N compiles. The processes are the timed ones: a
+    separate precompile into the persistent cache saved only XLA's part, since jaxlib compiles the Mosaic GPU kernels
+    when an executable is loaded, once per process, one at a time, and never caches them on disk (CachedCompile in
+    jaxlib/mosaic/gpu/custom_call.cc); VMamba-S's timed run still took 85 s before its first step after a finished
+    precompile (H200, 2026-12-01). Waiting children hold their GPU memory but run nothing.
+
+    The first turn is given when every child is ready or has exited, or when only `turn_reserve_s` a child is left of
+    `budget_s`; a child still compiling then is given its turn anyway (its record's `others_compiling` counts, for
+    each turn, the children that were still compiling during it). Each child's output goes to its file in `logs`; no
+    child outlives `budget_s`. Returns one {"cmd", "rc" (None: killed), "ready_s", "start_s", "end_s",
+    "others_compiling"} per child, in seconds from the start.
     """
-    return max(1.0, min(timeout_s, budget_s - reserve_s * n_models))
+    t0, turn_dir = time.perf_counter(), tempfile.mkdtemp(prefix="bench_turns_")
+    prefixes = [os.path.join(turn_dir, str(i)) for i in range(len(cmds))]
+    procs, files = [], []
+    for cmd, log, prefix in zip(cmds, logs, prefixes):
+        files.append(open(log, "w"))
+        procs.append(subprocess.Popen(list(cmd), stdout=files[-1], stderr=subprocess.STDOUT,
+                                      env={**os.environ, TURN_ENV: prefix}))
+    now = lambda: time.perf_counter() - t0  # noqa: E731
+    ready_at: dict[int, float] = {}
 
+    def poll_ready():
+        for i, prefix in enumerate(prefixes):
+            if i not in ready_at and os.path.exists(prefix + ".ready"):
+                ready_at[i] = now()
 
-def precompile(cmds: Sequence[Sequence[str]], timeout_s: float, log_dir: str | None = None) -> list[dict]:
-    """Runs the child commands (each given `--compile_only`) all at once and waits for them.
+    def compiling(skip):
+        poll_ready()
+        return sum(i not in ready_at and i != skip and p.poll() is None for i, p in enumerate(procs))
 
-    On the GPU a large train step spends minutes in compilation (XLA passes, autotuning, LLVM, ptxas: host work
-    mostly), so compiling N models in parallel into the shared persistent cache (`use_compilation_cache`) and then
-    timing them one at a time, each loading its XLA executables from the cache, saves the XLA part of every compile
-    but the slowest. It does not save the Mosaic GPU kernels' compile, which every process pays again (see
-    TIMED_RUN_RESERVE_S). Returns one {"cmd", "rc", "seconds"} per child (rc None: killed at `timeout_s`).
-    """
-    t0, procs, logs = time.perf_counter(), [], []
-    for i, cmd in enumerate(cmds):
-        log = open(os.path.join(log_dir, f"precompile_{i}.log"), "w") if log_dir else subprocess.DEVNULL
-        logs.append(log)
-        procs.append(subprocess.Popen([*cmd, "--compile_only"], stdout=log, stderr=subprocess.STDOUT))
+    first_turn_at = budget_s - turn_reserve_s * len(cmds)
+    while now() < first_turn_at and compiling(None):
+        time.sleep(0.2)
     out = []
-    for cmd, proc in zip(cmds, procs):
+    for i, (cmd, proc, prefix) in enumerate(zip(cmds, procs, prefixes)):
+        start = now()
+        open(prefix + ".go", "w").close()
+        others = compiling(i)
         try:
-            rc = proc.wait(timeout=max(1.0, timeout_s - (time.perf_counter() - t0)))
+            rc = proc.wait(timeout=max(1.0, budget_s - now()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
             rc = None
-        out.append(dict(cmd=" ".join(cmd), rc=rc, seconds=round(time.perf_counter() - t0, 1)))
-    for log in logs:
-        if log is not subprocess.DEVNULL:
-            log.close()
+        poll_ready()
+        out.append(dict(cmd=" ".join(cmd), rc=rc, ready_s=round(ready_at[i], 1) if i in ready_at else None,
+                        start_s=round(start, 1), end_s=round(now(), 1), others_compiling=max(others, compiling(i))))
+    for f in files:
+        f.close()
+    shutil.rmtree(turn_dir, ignore_errors=True)
     return out
 
 

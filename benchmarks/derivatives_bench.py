@@ -5,16 +5,17 @@
     python benchmarks/derivatives_bench.py --models resvmamba_small --merge benchmarks/results/derivatives_h200.json
                                            # fill one table over several device calls (a model's compile is minutes)
 
-All models first compile at once into a shared persistent compilation cache (`benchmarks.common.precompile`), then
-each is timed in its own subprocess (so a failure or a timeout costs only that row, and the peak memory is its own):
+Each model is measured in its own subprocess (so a failure costs only its row, and the peak memory is its own); the
+subprocesses start together, compile in parallel, and take turns on the GPU for their timings
+(`benchmarks.common.run_in_turns`):
   * inference: jit `model.apply` on device-resident random images (benchmarks/model_throughput.py `bench`);
   * training: the full train step of train.py (mixup/cutmix on device, drop path, soft-target CE, backward, clip,
     AdamW, EMA; benchmarks/train_throughput.py `measure`).
 Scan implementation: auto (the best selective scan for the backend). MSVMamba's MS2D calls `selective_scan` itself
 (one fused call per block for its full-res and concatenated low-res routes), so its row names the scan it used.
-Res-VMamba runs in its default learned-shortcut mode. Results are rewritten after every model to
-<out_dir>/derivatives_<device>.{json,md}, so a cut-off run keeps its finished rows, and a model whose training runs
-out of time keeps its inference numbers; each child's output is in <out_dir>/derivatives_<model>.log.
+Res-VMamba runs in its default learned-shortcut mode. Results go to <out_dir>/derivatives_<device>.{json,md}; a model
+whose training fails or runs out of time keeps its inference numbers; each child's output is in
+<out_dir>/derivatives_<model>.log.
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -39,24 +38,25 @@ def measure_one(name: str, a) -> dict:
     import jax.numpy as jnp
 
     import vmamba_jax
-    from benchmarks.model_throughput import bench
+    from benchmarks.model_throughput import bench, forward_fn
     from benchmarks.train_throughput import measure
     from pallas_kernels.selective_scan import resolve_implementation as resolve_scan
 
-    impl, t0 = a.impl, time.perf_counter()
-    if a.compile_only:  # fill the persistent compilation cache (benchmarks.common.precompile)
-        bench(name, impl, a.batch, a.resolution, jnp.dtype(a.dtype), a.repeats, compile_only=True)
-        return measure(name, a.batch, a.steps, a.warmup, impl, a.resolution, a.dtype, compile_only=True)
+    impl = a.impl
     model = vmamba_jax.create_model(name)
-    fwd = bench(name, impl, a.batch, a.resolution, jnp.dtype(a.dtype), a.repeats)
     row = dict(model=name, params_m=vmamba_jax.count_params(jax.eval_shape(
                    model.init, jax.random.key(0), jnp.zeros((1, a.resolution, a.resolution, 3)))) / 1e6,
-               gflops=vmamba_jax.flops(model, a.resolution) / 1e9,
-               infer_img_s=fwd["img_per_s"], infer_ms=fwd["ms_per_batch"], infer_total_s=time.perf_counter() - t0,
-               scan_impl=resolve_scan(impl), device=jax.devices()[0].device_kind, jax_version=jax.__version__)
-    # The parent keeps this row if training then runs out of time.
-    print("PARTIAL " + json.dumps(row), flush=True)
-    train = measure(name, a.batch, a.steps, a.warmup, impl, a.resolution, a.dtype)
+               gflops=vmamba_jax.flops(model, a.resolution) / 1e9, scan_impl=resolve_scan(impl),
+               device=jax.devices()[0].device_kind, jax_version=jax.__version__)
+    forward = forward_fn(name, impl, a.batch, a.resolution, jnp.dtype(a.dtype))
+    jax.block_until_ready(forward[0]())  # compiled before this process' turn on the GPU, like the train step
+
+    def time_inference():
+        fwd = bench(name, impl, a.batch, a.resolution, jnp.dtype(a.dtype), a.repeats, prepared=forward)
+        row.update(infer_img_s=fwd["img_per_s"], infer_ms=fwd["ms_per_batch"])
+        print("PARTIAL " + json.dumps(row), flush=True)  # the parent keeps this row if training then fails
+
+    train = measure(name, a.batch, a.steps, a.warmup, impl, a.resolution, a.dtype, on_turn=time_inference)
     return dict(row, train_img_s=train["img_per_s"], train_ms=train["step_ms"],
                 train_peak_gib=None if train["peak_gib"] != train["peak_gib"] else train["peak_gib"],   # NaN on CPU
                 train_compile_s=train["compile_s"], loss=train["loss"], ss2d_impl=train["impl"])
@@ -66,26 +66,14 @@ def child_cmd(name: str) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), "--one", name] + sys.argv[1:]
 
 
-def run_one(name: str, a, timeout_s: float) -> dict:
-    """Measure one model in a subprocess whose output streams to <out_dir>/derivatives_<name>.log; on a timeout or a
-    failure the row keeps whatever the child finished (the inference numbers) and says why training is missing."""
-    os.makedirs(a.out_dir, exist_ok=True)
-    log = os.path.join(a.out_dir, f"derivatives_{name}.log")
-    cmd = child_cmd(name)
-    error = None
-    with open(log, "w") as f:
-        child = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
-        try:
-            if child.wait(timeout=timeout_s) != 0:
-                error = f"exited with {child.returncode}"
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-            error = f"timed out after {timeout_s:.0f} s"
+def parse_row(name: str, log: str, turn: dict) -> dict:
+    """The row a child left in its log (<out_dir>/derivatives_<name>.log): its RESULT, else its PARTIAL (the inference
+    numbers) with why training is missing, else why nothing was measured."""
     lines = open(log).read().splitlines()
     done = [json.loads(ln.split(" ", 1)[1]) for ln in lines if ln.startswith(("RESULT ", "PARTIAL "))]
     row = done[-1] if done else dict(model=name)
-    if error and "train_img_s" not in row:
+    if "train_img_s" not in row:
+        error = "timed out" if turn["rc"] is None else f"exited with {turn['rc']}"
         tail = [ln for ln in lines if not ln.startswith(("PARTIAL ", "RESULT ")) and "cuda_timer" not in ln][-5:]
         row["error"] = ("training " if done else "") + error + ("; log tail: " + " | ".join(tail) if tail else "")
     return row
@@ -135,19 +123,14 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--impl", default=None, help="selective-scan implementation (default: auto)")
-    p.add_argument("--timeout_s", type=float, default=240, help="per model")
-    p.add_argument("--budget_s", type=float, default=560, help="start no model after this many seconds")
+    p.add_argument("--budget_s", type=float, default=560,
+                   help="the whole run's seconds (all models compile at once, then take turns); no child outlives it")
     p.add_argument("--out_dir", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one model, print JSON
-    p.add_argument("--compile_only", action="store_true", help=argparse.SUPPRESS)  # internal: see precompile
-    p.add_argument("--no_precompile", action="store_true",
-                   help="compile each model only when it is timed (default: all at once first, into a shared cache)")
     p.add_argument("--merge", default=None, metavar="JSON",
                    help="an earlier derivatives_<device>.json: keep its rows for the models not re-run here")
     a = p.parse_args()
-    import jax
-
-    from benchmarks.common import device_tag, precompile, precompile_window, use_compilation_cache
+    from benchmarks.common import device_tag, run_in_turns, use_compilation_cache
 
     use_compilation_cache()
     if a.one:
@@ -155,25 +138,17 @@ def main():
         return
 
     kind, tag = device_tag()
-    rows, t_start = [], time.perf_counter()
     names = a.models.split(",")
     os.makedirs(a.out_dir, exist_ok=True)
-    window = precompile_window(a.timeout_s, a.budget_s, len(names), reserve_s=150)  # timed: inference + training
-    pre = {} if a.no_precompile or len(names) < 2 or jax.default_backend() == "cpu" else dict(zip(names, precompile(
-        [child_cmd(n) for n in names], window, a.out_dir)))
-    for name in names:
-        left = a.budget_s - (time.perf_counter() - t_start)
-        if left < 30:
-            rows.append(dict(model=name, error=f"not run: the {a.budget_s:.0f} s budget was spent"))
-            continue
-        row = run_one(name, a, min(a.timeout_s, left))
-        if name in pre:
-            row["precompile"] = pre[name]
-        row["date"] = datetime.date.today().isoformat()
-        row["command"] = "python benchmarks/derivatives_bench.py " + " ".join(sys.argv[1:])
+    logs = [os.path.join(a.out_dir, f"derivatives_{n}.log") for n in names]
+    turns = run_in_turns([child_cmd(n) for n in names], logs, a.budget_s)
+    rows = []
+    for name, log, turn in zip(names, logs, turns):
+        row = parse_row(name, log, turn)
+        row.update(turn=dict(turn, parallel=len(names)), date=datetime.date.today().isoformat(),
+                   command="python benchmarks/derivatives_bench.py " + " ".join(sys.argv[1:]))
         rows.append(row)
         print(json.dumps(row), flush=True)
-        write(rows, a, kind, tag)
     print(write(rows, a, kind, tag))
 
 

@@ -7,7 +7,7 @@
 #   KERNEL_START=3 ...                                    # go on from case 3 (0-2 passed before a slot ended)
 #   VMAMBA_MGPU_DIRECT_STORE=1 bash benchmarks/gpu_suite.sh kernels   # the kernels' direct_store path (CI interprets it)
 #   TRAIN_S=300 BREAKDOWN=model,xla_dwconv_grad BREAKDOWN_S=240 bash benchmarks/gpu_suite.sh train_T breakdown
-#   TRAIN_S=500 bash benchmarks/gpu_suite.sh train_S+B      # two models, compiled in parallel, timed one by one
+#   TRAIN_S=500 bash benchmarks/gpu_suite.sh train_S+B      # two models, compiled in parallel, timed in turns
 #   TRAIN_MERGE=benchmarks/results/train_throughput_h200.json TRAIN_S=400 bash benchmarks/gpu_suite.sh train_B
 #       # one more row for the committed table (DERIV_MERGE likewise): S/B-sized models compile for ~5 minutes, so
 #       # a table is filled over several calls
@@ -15,7 +15,7 @@
 # Stages: kernels (benchmarks/gpu_kernel_tests.py for the plain scan and the fused SS2D core, two processes at once;
 # a crashed one reruns isolated), parity (model parity + torch converter tests with every implementation the GPU has),
 # sweep (the kernels' tile/unroll variants), scan, breakdown (where the train step's time goes), train_{T,S,B} (or
-# train_S+B: several models in one timed run, compiled in parallel first), profile (the train step's device time per
+# train_S+B: several models in one run, compiled in parallel, then timed in turns), profile (the train step's device time per
 # HLO op: which kernels to speed up),
 # cifar10, derivatives, resolution.
 #
@@ -72,7 +72,7 @@ for s in "$@"; do
     parity)   stage parity 300 python3 -m pytest -q -p no:cacheprovider tests/test_vmamba_parity.py \
                 tests/test_convert_torch.py ;;
     train_*)  # VMamba-T's train step compiles in ~120 s on the H200 (2026-12-01); S and B are deeper.
-              # train_T+S+B: one invocation, the three train steps compiled in parallel first (precompile).
+              # train_T+S+B: one invocation, the three models compiled in parallel, then timed in turns (run_in_turns).
               stage "$s" $((${TRAIN_S:-400} + 20)) python3 benchmarks/train_throughput.py --models "$(echo "${s#train_}" | tr + ,)" \
                 --steps 10 --warmup 3 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --timeout_s "${TRAIN_S:-400}" --budget_s "${TRAIN_S:-400}" \
                 ${TRAIN_MERGE:+--merge "$TRAIN_MERGE"} --out_dir "$RES" ;;
@@ -82,9 +82,9 @@ for s in "$@"; do
                 --skip-model --out "$RES/scan.json" ;;
     cifar10)  stage cifar10 575 python3 benchmarks/train_cifar10.py --data_dir .data --budget_minutes "${CIFAR_MIN:-9}" \
                 --out_dir "$RES" ;;
-    derivatives) stage derivatives 570 python3 benchmarks/derivatives_bench.py \
+    derivatives) stage derivatives $((${DERIV_S:-550} + 20)) python3 benchmarks/derivatives_bench.py \
                 --models "${DERIV_MODELS:-msvmamba_v3_tiny,resvmamba_small,vmamba_tiny_s1l8}" \
-                ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --timeout_s "${DERIV_S:-260}" --budget_s 550 \
+                ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --budget_s "${DERIV_S:-550}" \
                 ${DERIV_MERGE:+--merge "$DERIV_MERGE"} --out_dir "$RES" ;;
     resolution) stage resolution 560 python3 benchmarks/resolution_scaling.py --out "$RES" --no-flops \
                 --resolutions "${RESOLUTIONS:-224,384,512,640,768,1024}" --budget-s "${BUDGET_S:-470}" ;;

@@ -28,15 +28,20 @@ OFFICIAL_BF16_IMG_S = {"vmamba_tiny_s1l8": 2846, "vmamba_small_s1l20": 1945, "vm
                        "vmamba_small_s2l15": 1503, "vmamba_base_s2l15": 1196}
 
 
-def bench(name: str, impl: str, batch: int, resolution: int, dtype, repeats: int, compile_only: bool = False) -> dict:
+def forward_fn(name: str, impl: str, batch: int, resolution: int, dtype):
+    """(call, model): `call()` runs the jitted `model.apply` of `name` on device-resident random images
+    (batch, resolution, resolution, 3); its first call compiles."""
     model = vmamba_jax.create_model(name, dtype=dtype, scan_implementation=impl)
     x = jax.random.normal(jax.random.key(0), (batch, resolution, resolution, 3), jnp.float32)
     variables = jax.jit(model.init)(jax.random.key(1), x[:1])
     forward = jax.jit(lambda v, x: model.apply(v, x))
-    if compile_only:  # fill the persistent compilation cache (benchmarks.common.precompile)
-        forward.lower(variables, x).compile()
-        return {}
-    times = time_fn(lambda: forward(variables, x), warmup=3, repeats=repeats)
+    return (lambda: forward(variables, x)), model
+
+
+def bench(name: str, impl: str, batch: int, resolution: int, dtype, repeats: int, prepared=None) -> dict:
+    """Inference throughput of `name`; `prepared`: its `forward_fn(...)`, already compiled by the caller."""
+    call, model = prepared or forward_fn(name, impl, batch, resolution, dtype)
+    times = time_fn(call, warmup=3, repeats=repeats)
     t = median(times)
     return dict(model=name, batch=batch, resolution=resolution, dtype=jnp.dtype(dtype).name,
                 impl=resolve_implementation(impl, d_state=getattr(model, "ssm_d_state", None)),

@@ -7,10 +7,10 @@ forward with drop path, label-smoothed soft-target CE, backward, clip, AdamW, EM
                                                                 # add a row to an earlier table (one model a call)
 
 Each model runs in its own subprocess so that the peak memory (`memory_stats()["peak_bytes_in_use"]`) is its own.
-With several models, all of them first compile at once into a shared persistent compilation cache
-(`benchmarks.common.precompile`; compile time is host work and was minutes per model on the H200), so each timed
-subprocess loads its XLA executable from the cache: its `compile_s` is then that load plus the Mosaic GPU kernels'
-compile (not cached; `compile_parts_s` splits it), `precompile` the parallel compile.
+The subprocesses start together and compile in parallel (compile time is host work: minutes per model on the H200),
+then take turns on the GPU for their timed steps (`benchmarks.common.run_in_turns`); `compile_s` is a model's time to
+its first step while the others compiled beside it, `compile_parts_s` splits it (lower / XLA compile / first step,
+where the Mosaic GPU kernels compile), `turn` says when it was ready and timed.
 The scan implementation is the best available (`scan_implementation=None` -> auto); if that fails to compile or run,
 the row is retried with "associative" and the error is recorded. Targets: the official PyTorch training step on an
 H100 (spec/targets.md): T 1050, S 680, B 542 img/s; the goal is 1.3x.
@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -66,9 +67,13 @@ def setup_train_step(name: str, batch: int, impl: str | None, resolution: int, d
 
 
 def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, resolution: int, dtype: str,
-            compile_only: bool = False) -> dict:
+            on_turn: Callable[[], None] | None = None) -> dict:
+    """Train-step throughput of `name`: compile, first step, warm-up, then, in this process' turn on the GPU
+    (`benchmarks.common.run_in_turns`), `on_turn()` if given (other timings of this process) and `steps` timed
+    steps."""
     import jax
 
+    from benchmarks.common import wait_for_turn
     from pallas_kernels.ss2d import resolve_implementation
 
     step, state, data, model = setup_train_step(name, batch, impl, resolution, dtype)
@@ -80,8 +85,6 @@ def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, re
     t1 = time.perf_counter()
     step = lowered.compile()
     t2 = time.perf_counter()
-    if compile_only:  # fill the persistent compilation cache (benchmarks.common.precompile)
-        return {"compile_s": t2 - t0}
     state, m = step(state, data)
     jax.block_until_ready(m)
     t3 = time.perf_counter()
@@ -89,6 +92,9 @@ def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, re
     for _ in range(warmup):
         state, m = step(state, data)
     jax.block_until_ready(m)
+    waited_s = wait_for_turn()
+    if on_turn:
+        on_turn()
     t0 = time.perf_counter()
     for _ in range(steps):
         state, m = step(state, data)
@@ -96,19 +102,20 @@ def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, re
     dt = time.perf_counter() - t0
     stats = jax.devices()[0].memory_stats() or {}
     return {"img_per_s": steps * batch / dt, "step_ms": 1000 * dt / steps, "compile_s": compile_s,
-            "compile_parts_s": {**parts, "first_step_extra": parts["first_step"] - dt / steps},
+            "compile_parts_s": {**parts, "first_step_extra": parts["first_step"] - dt / steps}, "waited_s": waited_s,
             "peak_gib": stats.get("peak_bytes_in_use", float("nan")) / 2 ** 30, "loss": float(m["loss"]),
             "impl": resolve_implementation(impl, d_state=getattr(model, "ssm_d_state", None)),
             "params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
 
 
 def compile_cell(r: dict) -> str:
-    """The train step's compile seconds: its parallel precompile's (marked "par.", plus what the timed run then spent
-    before its first step) when that finished, else the timed run's."""
+    """The train step's compile seconds (to its first step): "N par." when N models compiled at once
+    (`run_in_turns`); records of the older precompile scheme show its parallel compile plus the timed run's."""
     pre = r.get("precompile") or {}
-    if pre.get("rc") == 0:  # the timed run still compiles what the cache misses
+    if pre.get("rc") == 0:  # the timed run still compiled what the cache missed
         return f"{pre['seconds']:.0f} par." + (f" + {r['compile_s']:.0f}" if "compile_s" in r else "")
-    return f"{r.get('compile_s', float('nan')):.0f}"
+    n = (r.get("turn") or {}).get("parallel", 1)
+    return f"{r.get('compile_s', float('nan')):.0f}" + (f" ({n} par.)" if n > 1 else "")
 
 
 def table_row(r: dict) -> str:
@@ -130,25 +137,21 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--timeout_s", type=float, default=300, help="per model and implementation")
+    p.add_argument("--timeout_s", type=float, default=300, help="seconds per model, when --budget_s is not given")
     p.add_argument("--budget_s", type=float, default=None,
-                   help="the whole run's seconds: the parallel precompile gets all but a minute per model, no child outlives it")
+                   help="the whole run's seconds (all models compile at once, then take turns); no child outlives it")
     p.add_argument("--out_dir", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one model, print JSON
-    p.add_argument("--compile_only", action="store_true", help=argparse.SUPPRESS)  # internal: see precompile
-    p.add_argument("--no_precompile", action="store_true",
-                   help="compile each model only when it is timed (default: all at once first, into a shared cache)")
     p.add_argument("--merge", default=None, metavar="JSON",
                    help="an earlier train_throughput_<device>.json: keep its rows for the models not re-run here")
     p.add_argument("--impl", default=None,
                    help="scan implementation tried first (default: auto); 'associative' is the fallback")
     a = p.parse_args()
-    from benchmarks.common import (commands_md, device_tag, merge_records, precompile, precompile_window,
-                                   use_compilation_cache)
+    from benchmarks.common import commands_md, device_tag, merge_records, run_in_turns, use_compilation_cache
 
-    use_compilation_cache()
+    use_compilation_cache()  # a retry, or a second call on a warm machine, loads XLA's executables
     if a.one:
-        res = measure(a.one, a.batch, a.steps, a.warmup, a.impl, a.resolution, a.dtype, compile_only=a.compile_only)
+        res = measure(a.one, a.batch, a.steps, a.warmup, a.impl, a.resolution, a.dtype)
         print("RESULT " + json.dumps(res))
         return
 
@@ -161,40 +164,46 @@ def main():
                "--warmup", str(a.warmup), "--dtype", a.dtype, "--resolution", str(a.resolution)]
         return cmd + (["--impl", impl] if impl else [])
 
+    def result(log):
+        lines = [ln for ln in open(log).read().splitlines() if ln.startswith("RESULT ")]
+        return json.loads(lines[-1][7:]) if lines else None
+
     command = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])
-    t_start, budget = time.perf_counter(), a.budget_s or float("inf")
-    names = [MODELS[key][0] for key in a.models.split(",")]
+    t_start, budget = time.perf_counter(), a.budget_s or a.timeout_s * len(a.models.split(","))
+    keys = a.models.split(",")
+    names = [MODELS[key][0] for key in keys]
     os.makedirs(a.out_dir, exist_ok=True)
-    pre = {} if a.no_precompile or len(names) < 2 or jax.default_backend() == "cpu" else \
-        dict(zip(names, precompile([child(n, a.impl) for n in names], precompile_window(a.timeout_s, budget, len(names)),
-                                                a.out_dir)))
+    logs = [os.path.join(a.out_dir, f"train_throughput_{n}.log") for n in names]
+    # All models compile at once, then take turns on the GPU (run_in_turns); a failed one is retried alone with the
+    # associative scan while the budget lasts.
+    turns = run_in_turns([child(n, a.impl) for n in names], logs, budget)
     rows = []
-    for key in a.models.split(","):
-        name, target = MODELS[key]
-        row = {"model": name, "batch": a.batch, "resolution": a.resolution, "dtype": a.dtype}
-        if name in pre:
-            row["precompile"] = pre[name]
-        for impl in dict.fromkeys((a.impl, "associative")):
-            cmd = child(name, impl)
-            try:
-                timeout = min(a.timeout_s, budget - (time.perf_counter() - t_start))
-                if timeout < 10:
-                    row["error_" + (impl or "auto")] = "not run: the budget was spent"
-                    break
-                res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                row["error_" + (impl or "auto")] = f"timed out after {timeout:.0f} s"
-                print(f"{name} impl={impl or 'auto'}: timed out", flush=True)
-                break
-            lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
-            if res.returncode == 0 and lines:
-                row.update(json.loads(lines[-1][7:]))
-                break
-            err_key = "error_" + (impl or "auto")
-            row[err_key] = (res.stderr or res.stdout)[-1500:]
-            print(f"{name} impl={impl or 'auto'} failed:\n{row[err_key]}", flush=True)
-        row.update(official_img_per_s=target, speedup_vs_official=row.get("img_per_s", 0) / target, device=kind,
-                   jax_version=jax.__version__, date=datetime.date.today().isoformat(), command=command)
+    for key, name, log, turn in zip(keys, names, logs, turns):
+        row = {"model": name, "batch": a.batch, "resolution": a.resolution, "dtype": a.dtype,
+               "turn": dict(turn, parallel=len(names))}
+        res = result(log)
+        if res:
+            row.update(res)
+        else:
+            tail = [ln for ln in open(log).read().splitlines() if "cuda_timer" not in ln][-12:]
+            why = "timed out" if turn["rc"] is None else f"exited with {turn['rc']}"
+            row["error_" + (a.impl or "auto")] = why + ": " + "\n".join(tail)[-1500:]
+            print(f"{name} impl={a.impl or 'auto'} {why}:\n" + "\n".join(tail), flush=True)
+            left = budget - (time.perf_counter() - t_start)
+            if turn["rc"] is not None and a.impl != "associative" and left > 10:
+                retry_log = log.replace(".log", "_associative.log")
+                with open(retry_log, "w") as f:
+                    try:
+                        subprocess.run(child(name, "associative"), stdout=f, stderr=subprocess.STDOUT, timeout=left)
+                    except subprocess.TimeoutExpired:
+                        pass
+                res = result(retry_log)
+                if res:
+                    row.update(res)
+                else:
+                    row["error_associative"] = "\n".join(open(retry_log).read().splitlines()[-12:])[-1500:]
+        row.update(official_img_per_s=MODELS[key][1], speedup_vs_official=row.get("img_per_s", 0) / MODELS[key][1],
+                   device=kind, jax_version=jax.__version__, date=datetime.date.today().isoformat(), command=command)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if not k.startswith("error")}), flush=True)
 

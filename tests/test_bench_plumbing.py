@@ -1,10 +1,9 @@
-"""The benchmark plumbing that GPU runs depend on but CI can check: parallel precompilation into a shared persistent
-compilation cache (benchmarks.common.precompile), so that a timed process loads its executable instead of compiling."""
+"""The benchmark plumbing that GPU runs depend on but CI can check: models compiled in parallel and timed in turns
+(benchmarks.common.run_in_turns), the profile's op accounting, and result tables filled over several calls."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -12,32 +11,37 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from benchmarks.common import use_compilation_cache
-use_compilation_cache()
-import jax, jax.numpy as jnp
-f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum() + {salt})
-x = jnp.ones((64, 64))
-if "--compile_only" in sys.argv:
-    f.lower(x).compile()
-else:
-    print("RESULT", float(f(x)))
+from benchmarks.common import wait_for_turn
+time.sleep({compile_s})  # compiling
+if {crash}:
+    sys.exit(3)
+wait_for_turn()
+t = time.time()
+time.sleep(0.5)  # timing: the GPU is this process' alone
+print("TURN", t, time.time())
 """
 
 
-def test_precompile_fills_the_shared_cache_and_reports_each_child(tmp_path, monkeypatch):
-    from benchmarks.common import precompile
+def test_run_in_turns_compiles_in_parallel_and_times_one_at_a_time(tmp_path):
+    from benchmarks.common import run_in_turns
 
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "cache"))
-    children = [[sys.executable, "-c", CHILD.format(root=ROOT, salt=s)] for s in (1, 2)]
-    children.append([sys.executable, "-c", "import time; time.sleep(120)"])
-    out = precompile(children, timeout_s=30, log_dir=str(tmp_path))
-    assert [r["rc"] for r in out] == [0, 0, None], out  # the sleeper is killed at the timeout
-    entries = os.listdir(tmp_path / "cache")
-    assert sum(e.startswith("jit__lambda") for e in entries) == 2, entries
-    # A timed run of a precompiled function adds no new executable: it was loaded from the cache.
-    res = subprocess.run(children[0], capture_output=True, text=True, timeout=120)
-    assert "RESULT" in res.stdout, res.stderr[-2000:]
-    assert sorted(os.listdir(tmp_path / "cache")) == sorted(entries)
+    def child(compile_s, crash=False):
+        return [sys.executable, "-c", CHILD.format(root=ROOT, compile_s=compile_s, crash=crash)]
+
+    # a: compiles 1 s; crash: dies while compiling; b: 2 s; stuck: never gets ready (killed at the budget).
+    cmds = [child(1), child(0.5, crash=True), child(2), child(60)]
+    logs = [str(tmp_path / f"{i}.log") for i in range(4)]
+    out = run_in_turns(cmds, logs, budget_s=12, turn_reserve_s=1.5)
+    a, crash, b, stuck = out
+    assert [r["rc"] for r in out] == [0, 3, 0, None], out
+    assert stuck["ready_s"] is None and crash["ready_s"] is None
+    # Both real children compiled at once, before the first turn, which waited for the stuck one until only the
+    # turns' reserve was left of the budget (12 - 4 x 1.5 = 6 s).
+    assert a["ready_s"] < 6 and b["ready_s"] < 6 and a["start_s"] >= 6, out
+    assert a["others_compiling"] == 1 and b["others_compiling"] == 1, out  # the stuck one
+    turns = [tuple(map(float, open(log).read().split()[1:])) for log in (logs[0], logs[2])]
+    assert turns[0][1] <= turns[1][0], turns  # b's timing began after a's ended
+    assert a["end_s"] <= b["start_s"] and stuck["end_s"] < 12 + 5, out
 
 
 def test_profile_step_names_each_op_and_sums_its_trace_events(tmp_path):
