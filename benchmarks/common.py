@@ -69,7 +69,8 @@ def wait_for_turn() -> float:
     if not prefix:
         return 0.0
     t0 = time.perf_counter()
-    open(prefix + ".ready", "w").close()
+    with open(prefix + ".ready", "w") as f:
+        f.write(repr(time.time()))  # the parent's record of when this process had compiled
     while not os.path.exists(prefix + ".go"):
         time.sleep(0.1)
     return time.perf_counter() - t0
@@ -93,7 +94,7 @@ def run_in_turns(cmds: Sequence[Sequence[str]], logs: Sequence[str], budget_s: f
     child outlives `budget_s`. Returns one {"cmd", "rc" (None: killed), "ready_s", "start_s", "end_s",
     "others_compiling"} per child, in seconds from the start.
     """
-    t0, turn_dir = time.perf_counter(), tempfile.mkdtemp(prefix="bench_turns_")
+    t0, t0_wall, turn_dir = time.perf_counter(), time.time(), tempfile.mkdtemp(prefix="bench_turns_")
     prefixes = [os.path.join(turn_dir, str(i)) for i in range(len(cmds))]
     procs, files = [], []
     for cmd, log, prefix in zip(cmds, logs, prefixes):
@@ -106,7 +107,10 @@ def run_in_turns(cmds: Sequence[Sequence[str]], logs: Sequence[str], budget_s: f
     def poll_ready():
         for i, prefix in enumerate(prefixes):
             if i not in ready_at and os.path.exists(prefix + ".ready"):
-                ready_at[i] = now()
+                with open(prefix + ".ready") as f:
+                    stamp = f.read()
+                if stamp:  # else still being written: the next poll reads it
+                    ready_at[i] = float(stamp) - t0_wall
 
     def compiling(skip):
         poll_ready()

@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -42,24 +43,32 @@ def measure_one(name: str, a) -> dict:
     from benchmarks.train_throughput import measure
     from pallas_kernels.selective_scan import resolve_implementation as resolve_scan
 
-    impl = a.impl
+    impl, t0 = a.impl, time.perf_counter()
     model = vmamba_jax.create_model(name)
     row = dict(model=name, params_m=vmamba_jax.count_params(jax.eval_shape(
                    model.init, jax.random.key(0), jnp.zeros((1, a.resolution, a.resolution, 3)))) / 1e6,
                gflops=vmamba_jax.flops(model, a.resolution) / 1e9, scan_impl=resolve_scan(impl),
                device=jax.devices()[0].device_kind, jax_version=jax.__version__)
+    log = lambda msg: print(f"[{time.perf_counter() - t0:6.1f} s] {name}: {msg}", flush=True)  # noqa: E731
+    log("compiling the forward")
     forward = forward_fn(name, impl, a.batch, a.resolution, jnp.dtype(a.dtype))
     jax.block_until_ready(forward[0]())  # compiled before this process' turn on the GPU, like the train step
+    log("compiling the train step")
 
     def time_inference():
+        log("my turn: timing")
         fwd = bench(name, impl, a.batch, a.resolution, jnp.dtype(a.dtype), a.repeats, prepared=forward)
         row.update(infer_img_s=fwd["img_per_s"], infer_ms=fwd["ms_per_batch"])
         print("PARTIAL " + json.dumps(row), flush=True)  # the parent keeps this row if training then fails
 
     train = measure(name, a.batch, a.steps, a.warmup, impl, a.resolution, a.dtype, on_turn=time_inference)
+    from vmamba_jax.models.msvmamba import MSVSSM
+
     return dict(row, train_img_s=train["img_per_s"], train_ms=train["step_ms"],
                 train_peak_gib=None if train["peak_gib"] != train["peak_gib"] else train["peak_gib"],   # NaN on CPU
-                train_compile_s=train["compile_s"], loss=train["loss"], ss2d_impl=train["impl"])
+                train_compile_s=train["compile_s"], loss=train["loss"],
+                # MS2D calls the selective scan itself: no SS2D core
+                ss2d_impl="-" if isinstance(model, MSVSSM) else train["impl"])
 
 
 def child_cmd(name: str) -> list[str]:
@@ -88,14 +97,14 @@ def write(rows: list[dict], a, kind: str, tag: str) -> str:
     with open(base + ".json", "w") as f:
         json.dump(rows, f, indent=2)
     ref = next((r for r in rows if r["model"] == BASELINE and "infer_img_s" in r), None)
-    import jax
-    md = [f"# Derivatives throughput, {kind}, jax {jax.__version__}, {datetime.date.today().isoformat()}", "",
+    version = next((r["jax_version"] for r in rows if "jax_version" in r), "?")
+    md = [f"# Derivatives throughput, {kind}, jax {version}, {datetime.date.today().isoformat()}", "",
           f"Batch {a.batch} at {a.resolution}x{a.resolution}, {a.dtype} compute, fp32 "
           f"params; inference = jit apply (median of {a.repeats}); training = train.py's full step ({a.warmup} "
           f"warm-up, {a.steps} timed steps), synthetic on-device batches. Ratios are against {BASELINE}.", "",
           *commands_md(rows), "",
           "| model | params M | GFLOPs | infer img/s | vs VMamba-T | train img/s | vs VMamba-T | train peak GiB | "
-          "scan impl |", "|---|---|---|---|---|---|---|---|---|"]
+          "SS2D core / selective scan |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "infer_img_s" not in r:
             md.append(f"| {r['model']} | | | failed: {r.get('error', '?')[:80]!r} | | | | | |")
@@ -107,7 +116,7 @@ def write(rows: list[dict], a, kind: str, tag: str) -> str:
         else:
             train = f"{r.get('error', '?')[:60]!r} | | "
         md.append(f"| {r['model']} | {r['params_m']:.2f} | {r['gflops']:.2f} | {r['infer_img_s']:.0f} | {vi} | "
-                  f"{train} | {r['scan_impl']} |")
+                  f"{train} | {r.get('ss2d_impl', '?')} / {r['scan_impl']} |")
     with open(base + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
     return "\n".join(md)
