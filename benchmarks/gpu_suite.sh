@@ -6,6 +6,8 @@
 #   KERNEL_IMPLS=fused_mosaic_gpu D_STATES=16 KERNEL_S=240 bash benchmarks/gpu_suite.sh kernels   # a subset of tests
 #   KERNEL_START=3 ...                                    # go on from case 3 (0-2 passed before a slot ended)
 #   VMAMBA_MGPU_DIRECT_STORE=1 bash benchmarks/gpu_suite.sh kernels   # the kernels' direct_store path (CI interprets it)
+#   CIFAR_EPOCHS=60 CIFAR_SET="data.image_size=64 model.kwargs.patch_size=4 model.kwargs.patchembed_version=v2 \
+#       aug.crop_padding=8" bash benchmarks/gpu_suite.sh cifar10      # a recipe variant, no config edit
 #   TRAIN_S=300 BREAKDOWN=model,xla_dwconv_grad BREAKDOWN_S=240 bash benchmarks/gpu_suite.sh train_T breakdown
 #   TRAIN_S=500 bash benchmarks/gpu_suite.sh train_S+B      # two models, compiled in parallel, timed in turns
 #   TRAIN_MERGE=benchmarks/results/train_throughput_h200.json TRAIN_S=400 bash benchmarks/gpu_suite.sh train_B
@@ -80,8 +82,11 @@ for s in "$@"; do
                 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --out_dir "$RES" ;;
     scan)     stage scan 150 python3 benchmarks/scan_bench.py --impls "${SCAN_IMPLS:-pallas_mosaic_gpu}" \
                 --skip-model --out "$RES/scan.json" ;;
-    cifar10)  stage cifar10 575 python3 benchmarks/train_cifar10.py --data_dir .data --budget_minutes "${CIFAR_MIN:-9}" \
-                --out_dir "$RES" ;;
+    cifar10)  # CIFAR_EPOCHS: skip the probe (~100 s of compiling a step the run compiles again) and train that many;
+              # CIFAR_SET: config overrides (space-separated key=value) for trying a recipe without editing the config
+              stage cifar10 "${CIFAR_S:-575}" python3 benchmarks/train_cifar10.py --data_dir .data \
+                --budget_minutes "${CIFAR_MIN:-9}" ${CIFAR_EPOCHS:+--epochs "$CIFAR_EPOCHS"} \
+                ${CIFAR_SET:+--set $CIFAR_SET} --out_dir "$RES" ;;
     derivatives) stage derivatives $((${DERIV_S:-550} + 20)) python3 benchmarks/derivatives_bench.py \
                 --models "${DERIV_MODELS:-msvmamba_v3_tiny,resvmamba_small,vmamba_tiny_s1l8}" \
                 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --budget_s "${DERIV_S:-550}" \

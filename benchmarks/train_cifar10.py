@@ -169,7 +169,8 @@ def main():
 
     result = {
         "model": f"{cfg.model.name} dims={list(cfg.model.kwargs.dims)} depths={list(cfg.model.kwargs.depths)} "
-                 f"patch_size={cfg.model.kwargs.patch_size} ({summary['params']:,} params)",
+                 f"patch_size={cfg.model.kwargs.patch_size} patchembed={cfg.model.kwargs.patchembed_version} "
+                 f"at {cfg.data.image_size}px ({summary['params']:,} params)",
         "epochs": summary["epochs"], "top1": [r["eval/top1"] for r in evals],
         "top1_ema": [r.get("eval/ema_top1") for r in evals], "final_top1": summary["final_top1"],
         "final_top1_ema": summary["final_top1_ema"], "best_top1": summary["best_top1"],
