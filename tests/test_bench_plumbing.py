@@ -87,3 +87,19 @@ def test_merge_records_fills_one_table_over_several_calls(tmp_path):
                       {"model": "B", "error": "z", "command": "b"}]
     assert commands_md(merged) == ["Commands:", "- T: `a`", "- S, B: `b`"]
     assert commands_md(merged[1:]) == ["Command: `b`."]
+
+
+def test_derivatives_row_joins_its_two_halves_and_says_why_one_is_missing(tmp_path):
+    """derivatives_bench measures a model's inference and training in two processes; a half that left no RESULT
+    (killed while compiling, say) becomes its error_<part>, and the row keeps the other half."""
+    import json
+
+    from benchmarks.derivatives_bench import parse_row
+
+    (tmp_path / "infer.log").write_text("compiling\nRESULT " + json.dumps({"infer_img_s": 5.0, "params_m": 1.0}) + "\n")
+    (tmp_path / "train.log").write_text("resvmamba_small: compiling the train step\n")
+    logs = {"infer": str(tmp_path / "infer.log"), "train": str(tmp_path / "train.log")}
+    row = parse_row("m", logs, {"infer": {"rc": 0}, "train": {"rc": None}})
+    assert row["infer_img_s"] == 5.0 and row["params_m"] == 1.0 and "train_img_s" not in row
+    assert row["error_train"].startswith("timed out; log tail: resvmamba_small: compiling the train step"), row
+    assert "error_infer" not in row
