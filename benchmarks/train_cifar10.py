@@ -194,7 +194,8 @@ def main():
           f"Result ({summary['status']}): final test top-1 **{pct(result['final_top1'])}** (EMA "
           f"{pct(result['final_top1_ema'])}), best {pct(result['best_top1'])} after {result['epochs']:.1f} epochs in "
           f"**{minutes:.2f} min** wall "
-          f"(probe + compile + train + evals), {result['img_per_s'] or float('nan'):,.0f} train img/s (mean of the logged "
+          f"({'probe + ' if info else ''}compile + train + evals), "
+          f"{result['img_per_s'] or float('nan'):,.0f} train img/s (mean of the logged "
           f"intervals). Goal >= 90% in <= 10 min: "
           f"{'met' if met else 'missed'}.", "", "| epoch | top-1 | top-1 EMA |", "|---|---|---|"]
     md += [f"| {r['eval/epoch']:.0f} | {r['eval/top1']:.2f} | {r.get('eval/ema_top1', float('nan')):.2f} |"
