@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import time
-from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -66,11 +65,9 @@ def setup_train_step(name: str, batch: int, impl: str | None, resolution: int, d
     return step, state, make(k1, k2), model
 
 
-def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, resolution: int, dtype: str,
-            on_turn: Callable[[], None] | None = None) -> dict:
+def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, resolution: int, dtype: str) -> dict:
     """Train-step throughput of `name`: compile, first step, warm-up, then, in this process' turn on the GPU
-    (`benchmarks.common.run_in_turns`), `on_turn()` if given (other timings of this process) and `steps` timed
-    steps."""
+    (`benchmarks.common.run_in_turns`), `steps` timed steps."""
     import jax
 
     from benchmarks.common import wait_for_turn
@@ -93,8 +90,6 @@ def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, re
         state, m = step(state, data)
     jax.block_until_ready(m)
     waited_s = wait_for_turn()
-    if on_turn:
-        on_turn()
     t0 = time.perf_counter()
     for _ in range(steps):
         state, m = step(state, data)
