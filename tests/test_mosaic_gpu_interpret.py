@@ -72,3 +72,18 @@ def test_interpreted_kernel_check_can_fail(monkeypatch):
     monkeypatch.setattr(mgpu, "_walk", lambda rev, i, n: i if n == 8 else real_walk(rev, i, n))  # tiles are 8 steps
     y = fused.ss2d_core(x, *params, **TILES, interpret=mosaic_gpu_interpreter())
     assert rel_err(y, ss2d_core_reference(x, *params, scan_implementation="xla")) > 1e-2
+
+
+def test_large_boundary_states_are_recomputed_not_saved():
+    """N = 16 at its backward tile of 4 would save states 4x y's size per layer (Res-VMamba-S asked for 99 GiB):
+    the training forward then saves none and the backward recomputes them; N = 1 at tile 32 still saves them. The
+    N = 4 interpreter cases above (tile 8) run the recompute path, the N = 1 cases the saved one."""
+    plan = lambda n, tl: mgpu._Plan(groups=1, source=(0,), reverse=(False,), rank=0, d_state=n,  # noqa: E731
+                                    tl_fwd=tl, tl_bwd=tl, softplus=True)
+    assert mgpu.saves_states(plan(1, 32)) and mgpu.saves_states(plan(1, 8))
+    assert not mgpu.saves_states(plan(16, 4)) and not mgpu.saves_states(plan(4, 8))
+    args = make_inputs(3, batch=1, groups=1, per_group=8, d_state=4, length=20, dtype=jnp.float32)
+    kernel = lambda *a: mgpu.selective_scan(*a, **TILES, interpret=mosaic_gpu_interpreter())  # noqa: E731
+    _, vjp = jax.vjp(kernel, *args)
+    residual_shapes = [leaf.shape for leaf in jax.tree_util.tree_leaves(vjp)]
+    assert not any(len(s) == 4 and s[2] == 4 for s in residual_shapes), residual_shapes  # no (G, tiles, N, Dp)

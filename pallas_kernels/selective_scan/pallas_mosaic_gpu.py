@@ -21,7 +21,8 @@ Common to both:
   Channels are padded to a multiple of 128 and L to a multiple of the sequence tile with zeros. Padded steps are
   neutral: at the end of a forward walk they come after every real step; at the start of a reversed walk the state is
   still zero and u = 0 keeps it zero; and dy = 0 there.
-* Forward for training also writes the state entering every sequence tile (G, tiles, N, D), in walk order.
+* Forward for training also writes the state entering every sequence tile (G, tiles, N, D), in walk order, when they
+  are small (`saves_states`); else the backward recomputes them first.
 * Backward walks the tiles in reverse walk order, recomputes the tile's states from its boundary state into SMEM, and
   steps back in time carrying dh. dA, dD and d(delta_bias) are per-channel sums carried in registers and written once
   per block (then summed over batch in XLA). dB and dC are sums over the block's 128 channels: each step stores its N
@@ -460,14 +461,30 @@ def scan(plan, u, dl, proj_arr, prm):
     return _forward(plan, u, dl, proj_arr, prm, save_states=False)[0]
 
 
+def saves_states(plan: _Plan) -> bool:
+    """Whether the training forward keeps the boundary states as a residual for the backward, or the backward
+    recomputes them (one more forward walk) when it starts.
+
+    They are (Lp / tl_bwd) x N per channel, fp32: for N = 1 at tile 32 a 32nd of y's size, but for N = 16 at tile 4
+    (the backward's SMEM allows no more) 4x y's size, held for every layer from the forward to its backward: that
+    made Res-VMamba-S's train step (VMamba-S v0, 31 blocks of N = 16) ask for 99 GiB at batch 128 on an H200. So they
+    are saved when they take at most a quarter of y's memory (tl_bwd >= 4 N), else recomputed: the memory then lives
+    only inside one layer's backward."""
+    return plan.tl_bwd >= 4 * plan.d_state
+
+
 def _scan_fwd(plan, u, dl, proj_arr, prm):
-    # The training forward saves boundary states at the backward's tile size.
-    y, hs = _forward(plan, u, dl, proj_arr, prm, save_states=True)
+    if saves_states(plan):  # at the backward's tile size
+        y, hs = _forward(plan, u, dl, proj_arr, prm, save_states=True)
+    else:
+        y, hs = _forward(plan, u, dl, proj_arr, prm, save_states=False)
     return y, (u, dl, proj_arr, prm, hs)
 
 
 def _scan_bwd(plan, res, dy):
     u, dl, proj_arr, prm, hs = res
+    if hs is None:
+        hs = _forward(plan, u, dl, proj_arr, prm, save_states=True)[1]
     G, K, S, n, r = proj_arr.shape[0], plan.groups, plan.sources, plan.d_state, plan.rank
     batch = G // K
     du, ddl, dBC, dprm = _backward(plan, u, dl, proj_arr, prm, hs, dy.astype(f32))
