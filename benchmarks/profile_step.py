@@ -83,6 +83,28 @@ def op_times(trace_dir: str, plane_prefix: str) -> dict[str, float]:
     return dict(totals)
 
 
+def trace_ops(run, calls: int, hlo_text: str) -> dict:
+    """Traces `calls` calls of run() (each returns jax arrays; synchronised at the end) and sums the device time of
+    every HLO op per call: {"device_ms", "categories": {category: ms}, "per_op": [(ms, op, category)] largest first}."""
+    import jax
+
+    trace_dir = tempfile.mkdtemp(prefix="profile_")
+    with jax.profiler.trace(trace_dir):
+        out = None
+        for _ in range(calls):
+            out = run()
+        jax.block_until_ready(out)
+    on_gpu = jax.devices()[0].platform == "gpu"
+    times = op_times(trace_dir, "/device:" if on_gpu else "/host:CPU")
+    cats = hlo_categories(hlo_text)
+    per_op = sorted(((ns / calls / 1e6, op, cats.get(op, "?")) for op, ns in times.items()), reverse=True)
+    by_cat = collections.defaultdict(float)
+    for ms, _, cat in per_op:
+        by_cat[cat] += ms
+    return dict(device_ms=sum(ms for ms, _, _ in per_op),
+                categories=dict(sorted(by_cat.items(), key=lambda kv: -kv[1])), per_op=per_op)
+
+
 def profile(name: str, batch: int, impl: str | None, resolution: int, dtype: str, steps: int, warmup: int) -> dict:
     import jax
 
@@ -98,22 +120,16 @@ def profile(name: str, batch: int, impl: str | None, resolution: int, dtype: str
         state, m = step(state, data)
     jax.block_until_ready(m)
     step_ms = (time.perf_counter() - t0) / steps * 1e3
-    trace_dir = tempfile.mkdtemp(prefix="profile_step_")
-    with jax.profiler.trace(trace_dir):
-        for _ in range(steps):
-            state, m = step(state, data)
-        jax.block_until_ready(m)
-    on_gpu = jax.devices()[0].platform == "gpu"
-    times = op_times(trace_dir, "/device:" if on_gpu else "/host:CPU")
-    cats = hlo_categories(hlo)
-    per_op = sorted(((ns / steps / 1e6, op, cats.get(op, "?")) for op, ns in times.items()), reverse=True)
-    by_cat = collections.defaultdict(float)
-    for ms, _, cat in per_op:
-        by_cat[cat] += ms
+    box = [state]
+
+    def run():
+        box[0], metrics = step(box[0], data)
+        return metrics
+
+    t = trace_ops(run, steps, hlo)
     return dict(model=name, batch=batch, resolution=resolution, dtype=dtype, impl=impl, steps=steps,
-                step_ms=step_ms, device_ms=sum(ms for ms, _, _ in per_op),
-                categories=dict(sorted(by_cat.items(), key=lambda kv: -kv[1])),
-                top_ops=[dict(op=op, category=cat, ms=ms) for ms, op, cat in per_op[:60]],
+                step_ms=step_ms, device_ms=t["device_ms"], categories=t["categories"],
+                top_ops=[dict(op=op, category=cat, ms=ms) for ms, op, cat in t["per_op"][:60]],
                 device=jax.devices()[0].device_kind, jax_version=jax.__version__,
                 date=datetime.date.today().isoformat())
 

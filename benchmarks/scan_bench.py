@@ -63,6 +63,11 @@ SWEEP = [dict(seq_tile=tf, bwd_seq_tile=tb, unroll=u, direct_store=ds) for tf, t
     (64, 32, 1, False), (32, 32, 1, False), (32, 32, 4, False), (64, 32, 1, True), (32, 32, 1, True),
     (16, 32, 1, True), (32, 16, 1, False), (32, 16, 1, True), (16, 16, 4, True)]]
 
+# --profile: (op, plan) pairs, the default plans and the sweep's most promising SMEM-saving ones (the plain scan's
+# N = 1 bf16 B/C tile needs a backward tile of 32 or more: TMA's 128-byte minimum).
+PROFILE_VARIANTS = [("scan", {}), ("ss2d_core", {}), ("scan", dict(seq_tile=32, bwd_seq_tile=32, direct_store=True)),
+                    ("ss2d_core", dict(seq_tile=32, bwd_seq_tile=16, direct_store=True))]
+
 
 def _supported(ss2d_api, impl):
     import importlib
@@ -135,6 +140,32 @@ def bench_ss2d(impl, b, hw, d, n, dtype_name, **kernel_kwargs):
     return out
 
 
+def profile_case(op_name, b, hw, d, dtype_name, reps=10, **kernel_kwargs):
+    """Where the stage-1 time goes: a jax.profiler trace of `reps` calls of the forward and of the forward+backward,
+    device milliseconds per call by category (the Mosaic GPU kernels against XLA's fusions and copies) and top ops.
+    op_name: "scan" (the plain op, channel-major in and out) or "ss2d_core" (the fused core)."""
+    from profile_step import trace_ops
+
+    if op_name == "scan":
+        from pallas_kernels.selective_scan import pallas_mosaic_gpu as mod
+        args = make_inputs(0, b, 4, d, 1, hw * hw, DTYPES[dtype_name])
+        op = lambda *a: mod.selective_scan(*a, **kernel_kwargs)  # noqa: E731
+    else:
+        from pallas_kernels.ss2d import pallas_mosaic_gpu as fused
+        args = make_core_inputs(0, b, hw, hw, d, 1, -(-d // 16), DTYPES[dtype_name])
+        op = lambda *a: fused.ss2d_core(*a, **kernel_kwargs)  # noqa: E731
+    out = {}
+    for part, fn in (("fwd", jax.jit(op)),
+                     ("fwd_bwd", jax.jit(jax.grad(lambda *a: jnp.sum(op(*a)), tuple(range(len(args))))))):
+        hlo = fn.lower(*args).compile().as_text()
+        wall = timeit(fn, *args)
+        t = trace_ops(lambda: fn(*args), reps, hlo)
+        out[part] = dict(wall_ms=round(wall, 4), device_ms=round(t["device_ms"], 4),
+                         categories={c: round(ms, 4) for c, ms in t["categories"].items()},
+                         top_ops=[dict(op=o, category=c, ms=round(ms, 4)) for ms, o, c in t["per_op"][:10]])
+    return out
+
+
 def bench_model(impl, batch=128, res=224):
     import vmamba_jax
     model = vmamba_jax.create_model("vmamba_tiny_s1l8", dtype=jnp.bfloat16, scan_implementation=impl)
@@ -152,6 +183,9 @@ def main():
     p.add_argument("--skip-model", action="store_true")
     p.add_argument("--sweep", action="store_true",
                    help="only time the GPU kernels' (seq_tile, bwd_seq_tile, unroll) variants at stage 1, bf16")
+    p.add_argument("--profile", action="store_true",
+                   help="only trace the stage-1 (bf16) plain scan and fused core, default and PROFILE_VARIANTS plans: "
+                        "device time per op category")
     p.add_argument("--ss2d-impls", default="fused_mosaic_gpu,pallas_mosaic_gpu,associative",
                    help="SS2D cores timed at VMamba-T's four stages (those not supported here are skipped)")
     args = p.parse_args()
@@ -171,6 +205,12 @@ def main():
         records.append(rec)
         print(kind, json.dumps(rec), flush=True)
 
+    if args.profile:
+        stage1 = dict(B=128, K=4, C=96, N=1, L=3136, dtype="bf16")
+        for op_name, kw in PROFILE_VARIANTS:
+            run("profile", f"{op_name}/mosaic_gpu{kw}", stage1,
+                lambda: dict(profile=profile_case(op_name, 128, 56, 96, "bf16", **kw)))
+        impls, args.skip_model = [], True
     if args.sweep:
         stage1 = dict(B=128, K=4, C=96, N=1, L=3136, dtype="bf16")
         for kw in SWEEP:
@@ -207,6 +247,11 @@ def main():
         print(f"| {r['impl']} | {r['B']} | {r['K']} | {r['C']} | {r['N']} | {r['L']} | {r['dtype']} | "
               f"{r.get('fwd_ms', r.get('error', '')[:40])} | {r.get('fwd_bwd_ms', '')} | {off[0]} / {off[1]} | "
               f"{_check_cell(r)} |")
+    for r in records:
+        for part, pr in r.get("profile", {}).items():
+            cats = ", ".join(f"{c} {ms:.3f}" for c, ms in pr["categories"].items())
+            print(f"| profile {r['impl']} {part} | wall {pr['wall_ms']:.3f} ms | device {pr['device_ms']:.3f} ms | "
+                  f"{cats} |")
     for r in records:
         if "img_per_s" in r or ("resolution" in r):
             print(f"| {r['impl']} | 224px b128 bf16 inference | {r.get('img_per_s', r.get('error', '')[:60])} img/s"
