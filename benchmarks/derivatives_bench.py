@@ -83,10 +83,10 @@ def child_cmd(name: str, part: str) -> list[str]:
 
 
 def parse_row(name: str, logs: dict[str, str], turns: dict[str, dict]) -> dict:
-    """A model's row from its two children's logs (<out_dir>/derivatives_<name>_<part>.log): their RESULT lines, and
-    for a half that left none, why (its `error_<part>`)."""
+    """A model's row from its children's logs (<out_dir>/derivatives_<name>_<part>.log, one per part run): their
+    RESULT lines, and for a half that left none, why (its `error_<part>`)."""
     row = dict(model=name)
-    for part in PARTS:
+    for part in logs:
         lines = open(logs[part]).read().splitlines()
         done = [json.loads(ln.split(" ", 1)[1]) for ln in lines if ln.startswith("RESULT ")]
         if done:
@@ -97,6 +97,43 @@ def parse_row(name: str, logs: dict[str, str], turns: dict[str, dict]) -> dict:
         row["error_" + part] = error + ("; log tail: " + " | ".join(tail) if tail else "")
     row["turns"] = turns
     return row
+
+
+def part_keys(part: str, row: dict) -> list[str]:
+    """The keys of `row` that one half produced (its RESULT fields, its error, its command)."""
+    infer = ("params_m", "gflops", "scan_impl", "device", "jax_version")
+    train = ("loss", "ss2d_impl")
+    mine = infer if part == "infer" else train
+    return [k for k in row if k.startswith(part + "_") or k.startswith("error_" + part) or k in mine
+            or k == "command_" + part]
+
+
+def keep_parts(old: dict | None, new: dict, parts: tuple[str, ...]) -> dict:
+    """`new` (a row measured with only `parts`) completed by the halves of `old` (the --merge row) it did not re-run,
+    each half keeping the command that measured it (`command_<part>`)."""
+    row = dict(new)
+    for part in parts:
+        row["command_" + part] = new.get("command")
+    for part in PARTS:
+        if part in parts or old is None:
+            continue
+        for k in part_keys(part, old):
+            row[k] = old[k]
+        row.setdefault("command_" + part, old.get("command"))
+        row.setdefault("turns", {})[part] = old.get("turns", {}).get(part)
+    return row
+
+
+def command_rows(rows: list[dict]) -> list[dict]:
+    """(model, command) pairs for the table's header: one per half where a row's halves came from different calls."""
+    out = []
+    for r in rows:
+        cmds = {part: r.get("command_" + part, r.get("command")) for part in PARTS}
+        if len(set(cmds.values())) == 1:
+            out.append(dict(model=r["model"], command=r.get("command")))
+        else:
+            out += [dict(model=f"{r['model']} ({part})", command=cmd) for part, cmd in cmds.items()]
+    return out
 
 
 def write(rows: list[dict], a, kind: str, tag: str) -> str:
@@ -113,7 +150,7 @@ def write(rows: list[dict], a, kind: str, tag: str) -> str:
           f"Batch {a.batch} at {a.resolution}x{a.resolution}, {a.dtype} compute, fp32 "
           f"params; inference = jit apply (median of {a.repeats}); training = train.py's full step ({a.warmup} "
           f"warm-up, {a.steps} timed steps), synthetic on-device batches. Ratios are against {BASELINE}.", "",
-          *commands_md(rows), "",
+          *commands_md(command_rows(rows)), "",
           "| model | params M | GFLOPs | infer img/s | vs VMamba-T | train img/s | vs VMamba-T | train peak GiB | "
           "SS2D core / selective scan |", "|---|---|---|---|---|---|---|---|---|"]
     def failed(r, part):  # why a half is missing ("error": rows of the one-process-per-model version)
@@ -155,6 +192,8 @@ def main():
     p.add_argument("--part", choices=PARTS, default=None, help=argparse.SUPPRESS)
     p.add_argument("--merge", default=None, metavar="JSON",
                    help="an earlier derivatives_<device>.json: keep its rows for the models not re-run here")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help="the halves to measure (infer, train); with --merge the others are kept from its row")
     a = p.parse_args()
     from benchmarks.common import device_tag, run_in_turns, use_compilation_cache
 
@@ -166,16 +205,23 @@ def main():
     kind, tag = device_tag()
     names = a.models.split(",")
     os.makedirs(a.out_dir, exist_ok=True)
-    jobs = [(n, part) for n in names for part in PARTS]
+    parts = tuple(x for x in a.parts.split(",") if x)
+    if not parts or set(parts) - set(PARTS):
+        p.error(f"--parts: a comma list of {PARTS}, got {a.parts!r}")
+    old = {}
+    if a.merge and os.path.exists(a.merge):
+        with open(a.merge) as f:
+            old = {r["model"]: r for r in json.load(f)}
+    jobs = [(n, part) for n in names for part in parts]
     logs = {job: os.path.join(a.out_dir, f"derivatives_{job[0]}_{job[1]}.log") for job in jobs}
     turns = dict(zip(jobs, run_in_turns([child_cmd(*job) for job in jobs], [logs[j] for j in jobs], a.budget_s)))
     rows = []
     for name in names:
-        row = parse_row(name, {part: logs[name, part] for part in PARTS},
-                        {part: dict(turns[name, part], parallel=len(jobs)) for part in PARTS})
+        row = parse_row(name, {part: logs[name, part] for part in parts},
+                        {part: dict(turns[name, part], parallel=len(jobs)) for part in parts})
         row.update(date=datetime.date.today().isoformat(),
                    command="python benchmarks/derivatives_bench.py " + " ".join(sys.argv[1:]))
-        rows.append(row)
+        rows.append(keep_parts(old.get(name), row, parts) if set(parts) != set(PARTS) else row)
         print(json.dumps(row), flush=True)
     print(write(rows, a, kind, tag))
 

@@ -90,7 +90,7 @@ for s in "$@"; do
     derivatives) stage derivatives $((${DERIV_S:-550} + 20)) python3 benchmarks/derivatives_bench.py \
                 --models "${DERIV_MODELS:-msvmamba_v3_tiny,resvmamba_small,vmamba_tiny_s1l8}" \
                 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --budget_s "${DERIV_S:-550}" \
-                ${DERIV_MERGE:+--merge "$DERIV_MERGE"} --out_dir "$RES" ;;
+                ${DERIV_MERGE:+--merge "$DERIV_MERGE"} ${DERIV_PARTS:+--parts "$DERIV_PARTS"} --out_dir "$RES" ;;
     resolution) stage resolution 560 python3 benchmarks/resolution_scaling.py --out "$RES" --no-flops \
                 --resolutions "${RESOLUTIONS:-224,384,512,640,768,1024}" --budget-s "${BUDGET_S:-470}" ;;
     *) echo "unknown stage $s"; exit 2 ;;

@@ -103,3 +103,20 @@ def test_derivatives_row_joins_its_two_halves_and_says_why_one_is_missing(tmp_pa
     assert row["infer_img_s"] == 5.0 and row["params_m"] == 1.0 and "train_img_s" not in row
     assert row["error_train"].startswith("timed out; log tail: resvmamba_small: compiling the train step"), row
     assert "error_infer" not in row
+
+
+def test_derivatives_rerun_of_one_half_keeps_the_other_from_the_merged_row():
+    """--parts train --merge: the new train half replaces the old one (its error included), the old infer half and
+    the command that measured it stay, and the table names both commands."""
+    from benchmarks.derivatives_bench import command_rows, keep_parts
+
+    old = dict(model="m", infer_img_s=5.0, params_m=1.0, scan_impl="x", error_train="exited with 1; OOM",
+               command="old cmd", turns={"infer": {"rc": 0}, "train": {"rc": 1}})
+    new = dict(model="m", train_img_s=2.0, train_peak_gib=3.0, command="new cmd", turns={"train": {"rc": 0}})
+    row = keep_parts(old, new, ("train",))
+    assert row["infer_img_s"] == 5.0 and row["params_m"] == 1.0 and row["train_img_s"] == 2.0
+    assert "error_train" not in row and row["turns"] == {"train": {"rc": 0}, "infer": {"rc": 0}}
+    assert (row["command_infer"], row["command_train"]) == ("old cmd", "new cmd")
+    assert command_rows([row]) == [dict(model="m (infer)", command="old cmd"),
+                                   dict(model="m (train)", command="new cmd")]
+    assert keep_parts(None, new, ("train",))["train_img_s"] == 2.0
