@@ -467,7 +467,7 @@ def saves_states(plan: _Plan) -> bool:
 
     They are (Lp / tl_bwd) x N per channel, fp32: for N = 1 at tile 32 a 32nd of y's size, but for N = 16 at tile 4
     (the backward's SMEM allows no more) 4x y's size, held for every layer from the forward to its backward: that
-    made Res-VMamba-S's train step (VMamba-S v0, 31 blocks of N = 16) ask for 99 GiB at batch 128 on an H200. So they
+    made Res-VMamba-S's train step (VMamba-S v0, 33 blocks of N = 16) ask for 99 GiB at batch 128 on an H200. So they
     are saved when they take at most a quarter of y's memory (tl_bwd >= 4 N), else recomputed: the memory then lives
     only inside one layer's backward."""
     return plan.tl_bwd >= 4 * plan.d_state
