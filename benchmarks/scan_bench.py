@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -166,6 +167,30 @@ def profile_case(op_name, b, hw, d, dtype_name, reps=10, **kernel_kwargs):
     return out
 
 
+def profile_md(records: list[dict]) -> str:
+    """The --profile records as a markdown report: wall against traced device time, and where the device time went."""
+    prof = [r for r in records if "profile" in r]
+    if not prof:
+        return "# Scan profile\n\nNo profile records.\n"
+    r0 = prof[0]
+    lines = [f"# Stage-1 scan and SS2D core profile, {r0['device']}, jax {r0['jax_version']}, {r0['date']}", "",
+             f"Command: `{r0.get('command', '?')}`. B 128, K 4, C 96, N 1, L 3136 (56x56), bf16. Wall: median of 20 "
+             "synchronised calls; device: the traced GPU time per call (10 calls), summed per HLO op and category.", "",
+             "| op / plan | part | wall ms | device ms | device ms by category | errors |", "|---|---|---|---|---|---|"]
+    for r in records:
+        if "error" in r and "profile" not in r and r.get("impl", "").startswith(("scan/", "ss2d_core/mosaic")):
+            lines.append(f"| {r['impl']} | | | | | {r['error'][:80]} |")
+        for part, pr in r.get("profile", {}).items():
+            cats = ", ".join(f"{c} {ms:.3f}" for c, ms in pr["categories"].items())
+            lines.append(f"| {r['impl']} | {part} | {pr['wall_ms']:.3f} | {pr['device_ms']:.3f} | {cats} | |")
+    lines += ["", "Top ops (device ms per call):", ""]
+    for r in prof:
+        for part, pr in r["profile"].items():
+            ops = "; ".join(f"`{o['op']}` ({o['category']}) {o['ms']:.3f}" for o in pr["top_ops"][:6])
+            lines.append(f"- {r['impl']} {part}: {ops}")
+    return "\n".join(lines) + "\n"
+
+
 def bench_model(impl, batch=128, res=224):
     import vmamba_jax
     model = vmamba_jax.create_model("vmamba_tiny_s1l8", dtype=jnp.bfloat16, scan_implementation=impl)
@@ -189,6 +214,11 @@ def main():
     p.add_argument("--ss2d-impls", default="fused_mosaic_gpu,pallas_mosaic_gpu,associative",
                    help="SS2D cores timed at VMamba-T's four stages (those not supported here are skipped)")
     args = p.parse_args()
+    if args.profile:
+        # XLA runs a whole jitted call as one CUDA graph ("command buffer"), which the trace shows as a single op:
+        # turn them off so every kernel and fusion is its own event (set before the backend starts).
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
+    command = "python benchmarks/scan_bench.py " + " ".join(sys.argv[1:])
     impls = args.impls.split(",") if args.impls else [i for i in api.available_implementations() if i != "xla"]
     dev = jax.devices()[0]
     env = dict(device=dev.device_kind, jax_version=jax.__version__, date=datetime.date.today().isoformat())
@@ -196,7 +226,7 @@ def main():
     records = []
 
     def run(kind, impl, shape, fn):
-        rec = dict(impl=impl, **shape, **env)
+        rec = dict(impl=impl, **shape, **env, command=command)
         try:
             rec.update(fn())
         except Exception as e:  # noqa: BLE001 - keep the other measurements
@@ -223,7 +253,7 @@ def main():
             shape = dict(B=b, K=k, C=c, N=n, L=length, dtype=dt)
             run("scan", impl, shape, lambda: bench_scan(impl, b, k, c, n, length, dt))
     from pallas_kernels.ss2d import api as ss2d_api
-    ss2d_impls = [] if args.sweep else [i for i in args.ss2d_impls.split(",") if _supported(ss2d_api, i)]
+    ss2d_impls = [] if args.sweep or args.profile else [i for i in args.ss2d_impls.split(",") if _supported(ss2d_api, i)]
     for impl in ss2d_impls:
         for hw, c in STAGES:
             if impl == "associative" and hw != 56:
@@ -238,6 +268,8 @@ def main():
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(records, indent=1))
+        if args.profile:
+            Path(args.out).with_suffix(".md").write_text(profile_md(records))
     print("\n| impl | B | K | C | N | L | dtype | fwd ms | fwd+bwd ms | official fwd / fwd+bwd ms | sweep check |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
