@@ -47,6 +47,13 @@ def time_fn(fn: Callable[[], object], warmup: int = 3, repeats: int = 20) -> lis
     return times
 
 
+def disable_command_buffers() -> None:
+    """XLA runs a jitted call's kernels as CUDA graphs ("command buffers"), which a profiler trace shows as one op
+    (`command_buffer_1`): turn them off for profiling so each kernel and fusion is its own event. Call before the
+    backend starts (the first jax.devices() or compile)."""
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
+
+
 def use_compilation_cache(cache_dir: str = "/tmp/jax_cache_bench") -> str:
     """Points this process and every child it starts at one persistent compilation cache (XLA's autotuning results
     included), caching every executable however quickly it compiled. Call before the first compile."""

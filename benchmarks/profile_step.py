@@ -148,8 +148,9 @@ def main():
     p.add_argument("--top", type=int, default=25, help="rows of the per-op table")
     p.add_argument("--out_dir", default=os.path.join(ROOT, "benchmarks", "results"))
     a = p.parse_args()
-    from benchmarks.common import device_tag, use_compilation_cache
+    from benchmarks.common import device_tag, disable_command_buffers, use_compilation_cache
 
+    disable_command_buffers()  # else the trace shows the step as one CUDA graph
     use_compilation_cache()
     name = MODELS[a.model][0] if a.model in MODELS else a.model
     r = profile(name, a.batch, a.impl, a.resolution, a.dtype, a.steps, a.warmup)

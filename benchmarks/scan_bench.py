@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import median, time_fn  # noqa: E402
+from common import disable_command_buffers, median, time_fn  # noqa: E402
 from gpu_kernel_tests import DTYPES, make_inputs  # noqa: E402
 from pallas_kernels.ss2d.testing import make_core_inputs  # noqa: E402
 from pallas_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
@@ -215,9 +214,7 @@ def main():
                    help="SS2D cores timed at VMamba-T's four stages (those not supported here are skipped)")
     args = p.parse_args()
     if args.profile:
-        # XLA runs a whole jitted call as one CUDA graph ("command buffer"), which the trace shows as a single op:
-        # turn them off so every kernel and fusion is its own event (set before the backend starts).
-        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
+        disable_command_buffers()  # else the trace shows each call as one CUDA graph
     command = "python benchmarks/scan_bench.py " + " ".join(sys.argv[1:])
     impls = args.impls.split(",") if args.impls else [i for i in api.available_implementations() if i != "xla"]
     dev = jax.devices()[0]
