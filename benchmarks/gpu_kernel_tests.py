@@ -120,8 +120,11 @@ def main():
     args = p.parse_args()
 
     dev = jax.devices()[0]
+    from pallas_kernels.selective_scan import pallas_mosaic_gpu as mgpu
     env = dict(device=dev.device_kind, platform=dev.platform, jax_version=jax.__version__,
-               date=datetime.date.today().isoformat())
+               date=datetime.date.today().isoformat(),
+               # the Mosaic GPU kernels' module defaults (VMAMBA_MGPU_* environment variables) these cases ran with
+               mgpu_direct_store=mgpu.DIRECT_STORE, mgpu_approx_math=mgpu.APPROX_MATH)
     print(json.dumps(env))
     lengths = [3136, 784, 196, 49, 37]
     maps = [(56, 56, 96), (28, 28, 192), (14, 14, 384), (7, 7, 768), (5, 7, 96)]  # VMamba-T's stages, an odd map

@@ -67,6 +67,8 @@ MAX_CONCURRENT_STEPS = 2
 UNSAFE_NO_AUTO_BARRIERS = os.environ.get("VMAMBA_MGPU_AUTO_BARRIERS", "0") != "1"
 # `_Plan.direct_store`'s default. VMAMBA_MGPU_DIRECT_STORE=1 runs benchmarks/gpu_kernel_tests.py on that path.
 DIRECT_STORE = os.environ.get("VMAMBA_MGPU_DIRECT_STORE", "0") == "1"
+# `_Plan.approx_math`'s default. VMAMBA_MGPU_APPROX_MATH=1 runs benchmarks/gpu_kernel_tests.py with it.
+APPROX_MATH = os.environ.get("VMAMBA_MGPU_APPROX_MATH", "0") == "1"
 
 
 def is_supported() -> bool:
@@ -107,6 +109,11 @@ class _Plan:
     # buffers, so more blocks fit on an SM (the lowering's SMEM at stage 1: forward 105 KB -> 41 KB, at tile 32
     # 55 -> 23 KB). It is also the path Pallas' Mosaic GPU interpreter runs (it has no predicated TMA stores).
     direct_store: bool = False
+    # exp and log as the GPU's one-instruction approximations (ex2.approx / lg2.approx, ~2^-22 relative error; Mosaic
+    # GPU's `approx_math`) instead of libdevice's accurate expf / logf, which are ~10-20 dependent instructions each.
+    # Every step runs three of them (softplus' exp and log, exp(delta A)) on the chain of a latency-bound walk. The
+    # interpreter computes them exactly, so only the GPU tests check this path.
+    approx_math: bool = False
     # Pallas' Mosaic GPU interpreter parameters (tests on CPU), or None to compile for the GPU.
     interpret: object = None
 
@@ -303,7 +310,8 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states):
     outs = plgpu.kernel(
         body, out_type=out_shapes, grid=(G, n_ch), grid_names=("g", "d"),
         scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1)],
-        compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS),
+        compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS,
+                                             approx_math=plan.approx_math),
         **_interpret_kwargs(plan),
     )(*operands)
     return tuple(outs) if save_states else (outs[0], None)
@@ -443,7 +451,8 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy):
         body, out_type=out_shapes, grid=(G, n_ch), grid_names=("g", "d"),
         scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1),
                        plgpu.SMEM((tl + 1, n, LANES), f32), plgpu.SMEM((rows_pad, LANES), f32)],
-        compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS),
+        compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS,
+                                             approx_math=plan.approx_math),
         **_interpret_kwargs(plan),
     )(*operands)
     dbc = dbc.sum(1)[..., :2 * rows].reshape(G, n_seq, 2, tl, n)      # (G, tiles, {B,C}, TL, N)
@@ -528,7 +537,7 @@ def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_t
 
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *,
                    seq_tile: int | None = None, bwd_seq_tile: int | None = None, unroll: int | None = None,
-                   direct_store: bool | None = None, interpret=None):
+                   direct_store: bool | None = None, approx_math: bool | None = None, interpret=None):
     """Same contract as `reference.selective_scan_reference`: y fp32 (batch, K*D, L); differentiable.
 
     The keywords are the kernel's tuning knobs (`_Plan`; None: the module defaults) and Pallas' Mosaic GPU
@@ -539,7 +548,8 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     dp = LANES * math.ceil(per_group / LANES)
     plan = _Plan(groups=groups, source=tuple(range(groups)), reverse=(False,) * groups, rank=0, d_state=d_state,
                  tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=unroll or UNROLL,
-                 direct_store=resolve_direct_store(direct_store, interpret), interpret=interpret)
+                 direct_store=resolve_direct_store(direct_store, interpret),
+                 approx_math=APPROX_MATH if approx_math is None else bool(approx_math), interpret=interpret)
 
     def seq(x):  # (batch, K*D, L) -> (batch*K, Lp, Dp), channel-minor, zero padded
         x = jnp.swapaxes(x.reshape(batch, groups, per_group, length), 2, 3)

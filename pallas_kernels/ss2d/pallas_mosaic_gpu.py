@@ -33,7 +33,7 @@ VERIFIED_D_STATES = (1,)
 def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
               directions: tuple[int, ...] = ALL_DIRECTIONS, seq_tile: int | None = None,
               bwd_seq_tile: int | None = None, unroll: int | None = None, direct_store: bool | None = None,
-              interpret=None):
+              approx_math: bool | None = None, interpret=None):
     """x (B, H, W, D) compute dtype -> y (B, H, W, D) fp32, the merged scan output before out_norm; differentiable.
 
     Parameters as in `reference.ss2d_core_reference` (fp32; K = len(directions) parameter sets). The keywords after
@@ -49,7 +49,8 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     dp = mgpu.LANES * -(-d // mgpu.LANES)
     plan = mgpu._Plan(groups=k_n, source=plan_src, reverse=tuple(k >= 2 for k in directions), rank=r, d_state=n,
                       tl_fwd=tl_f, tl_bwd=tl_b, softplus=True, unroll=unroll or mgpu.UNROLL,
-                      direct_store=mgpu.resolve_direct_store(direct_store, interpret), interpret=interpret)
+                      direct_store=mgpu.resolve_direct_store(direct_store, interpret),
+                      approx_math=mgpu.APPROX_MATH if approx_math is None else bool(approx_math), interpret=interpret)
 
     views = {0: x.reshape(b, L, d), 1: jnp.swapaxes(x, 1, 2).reshape(b, L, d)}
     src = jnp.stack([views[s] for s in layouts], axis=1)                # (B, S, L, D)
