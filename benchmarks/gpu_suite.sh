@@ -17,7 +17,8 @@
 #
 # Stages: kernels (benchmarks/gpu_kernel_tests.py for the plain scan and the fused SS2D core, two processes at once;
 # a crashed one reruns isolated), parity (model parity + torch converter tests with every implementation the GPU has),
-# sweep (the kernels' tile/unroll variants), scan, breakdown (where the train step's time goes), train_{T,S,B} (or
+# sweep (the kernels' tile/unroll variants), scanprof (their stage-1 device time per op), cifarprof (the CIFAR-10
+# config's train step per op), scan, breakdown (where the train step's time goes), train_{T,S,B} (or
 # train_S+B: several models in one run, compiled in parallel, then timed in turns), profile (the train step's device time per
 # HLO op: which kernels to speed up),
 # cifar10, derivatives, resolution.
@@ -81,6 +82,11 @@ for s in "$@"; do
                 ${TRAIN_MERGE:+--merge "$TRAIN_MERGE"} --out_dir "$RES" ;;
     profile)  stage profile "${PROFILE_S:-240}" python3 benchmarks/profile_step.py --model "${PROFILE_MODEL:-T}" \
                 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --out_dir "$RES" ;;
+    scanprof) # stage-1 scan and fused core: wall vs traced device time, split per op (command buffers off)
+              stage scanprof "${SCANPROF_S:-200}" python3 benchmarks/scan_bench.py --profile --out "$RES/scan_profile.json" ;;
+    cifarprof) # configs/cifar10.py's own train step, traced: where its ~46 ms per 512 images go
+              stage cifarprof "${CIFARPROF_S:-200}" python3 benchmarks/train_cifar10.py --data_dir .data --profile \
+                ${CIFAR_SET:+--set $CIFAR_SET} --out_dir "$RES" ;;
     scan)     stage scan 150 python3 benchmarks/scan_bench.py --impls "${SCAN_IMPLS:-pallas_mosaic_gpu}" \
                 --skip-model --out "$RES/scan.json" ;;
     cifar10)  # CIFAR_EPOCHS: skip the probe (~100 s of compiling a step the run compiles again) and train that many;

@@ -155,23 +155,26 @@ def main():
     name = MODELS[a.model][0] if a.model in MODELS else a.model
     r = profile(name, a.batch, a.impl, a.resolution, a.dtype, a.steps, a.warmup)
     r["command"] = "python benchmarks/profile_step.py " + " ".join(sys.argv[1:])
-    kind, tag = device_tag()
-    os.makedirs(a.out_dir, exist_ok=True)
-    base = os.path.join(a.out_dir, f"profile_{name}_{tag}")
+    write_profile(r, os.path.join(a.out_dir, f"profile_{name}_{device_tag()[1]}"),
+                  f"Batch {a.batch} at {a.resolution}, {a.dtype}; train.py's full step.", a.top)
+
+
+def write_profile(r: dict, base: str, setting: str, top: int = 25) -> str:
+    """<base>.json and <base>.md from a `profile`-style record (step_ms, device_ms, categories, top_ops, command)."""
+    os.makedirs(os.path.dirname(base), exist_ok=True)
     with open(base + ".json", "w") as f:
         json.dump(r, f, indent=1)
-    md = [f"# Train-step profile: {name}, {kind}, jax {r['jax_version']}, {r['date']}", "",
-          f"Command: `{r['command']}`. Batch {a.batch} at {a.resolution}, {a.dtype}; train.py's full step. Measured "
-          f"step {r['step_ms']:.2f} ms (unprofiled); traced device time {r['device_ms']:.2f} ms per step (summed over "
-          "streams: overlapping kernels count twice, gaps not at all).", "",
-          "| category | ms / step | share of device time |", "|---|---|---|"]
+    md = [f"# Train-step profile: {r['model']}, {r['device']}, jax {r['jax_version']}, {r['date']}", "",
+          f"Command: `{r['command']}`. {setting} Measured step {r['step_ms']:.2f} ms (unprofiled); traced device time "
+          f"{r['device_ms']:.2f} ms per step (summed over streams: overlapping kernels count twice, gaps not at all).",
+          "", "| category | ms / step | share of device time |", "|---|---|---|"]
     md += [f"| {c} | {ms:.2f} | {ms / r['device_ms']:.0%} |" for c, ms in r["categories"].items()]
-    md += ["", f"Top {a.top} ops:", "", "| HLO op | category | ms / step |", "|---|---|---|"]
-    md += [f"| `{o['op']}` | {o['category']} | {o['ms']:.3f} |" for o in r["top_ops"][:a.top]]
+    md += ["", f"Top {top} ops:", "", "| HLO op | category | ms / step |", "|---|---|---|"]
+    md += [f"| `{o['op']}` | {o['category']} | {o['ms']:.3f} |" for o in r["top_ops"][:top]]
     with open(base + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
-
+    return "\n".join(md)
 
 if __name__ == "__main__":
     main()

@@ -58,13 +58,12 @@ def load_config(overrides: list[str]):
     return cfg
 
 
-def probe(cfg, steps: int = 20) -> dict:
-    """Seconds per train step (synthetic on-device batch) and per batch from the Grain pipeline."""
+def _train_setup(cfg):
+    """The config's run, initial state, jitted train step and a Grain iterator over the training set."""
     import jax
 
     from vmamba_jax.train.loop import _Run
     from vmamba_jax.data import train_dataset
-    from vmamba_jax.train.mesh import global_batch
     from vmamba_jax.train.steps import make_train_step
 
     run = _Run(cfg, "/tmp/cifar_probe_workdir")
@@ -73,6 +72,52 @@ def probe(cfg, steps: int = 20) -> dict:
                            state_sharding=run.state_sharding, batch_sharding=run.batch_sharding, mesh=run.mesh)
     it = iter(train_dataset(run.train_src, run.train_tf, global_batch=run.global_batch, seed=123,
                             worker_count=cfg.data.workers))
+    return run, state, step, it
+
+
+def profile_train_step(cfg, steps: int = 10) -> dict:
+    """Where the config's own train step spends its device time (benchmarks/profile_step.py's accounting) on one
+    batch from the real pipeline: which kernels to speed up to fit more epochs into the 10 minutes."""
+    import jax
+
+    from benchmarks.profile_step import trace_ops
+    from vmamba_jax.train.mesh import global_batch
+
+    run, state, step, it = _train_setup(cfg)
+    batch = global_batch(next(it), run.batch_sharding)
+    hlo = step.lower(state, batch).compile().as_text()
+    for _ in range(3):
+        state, m = step(state, batch)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = step(state, batch)
+    jax.block_until_ready(m)
+    step_ms = (time.perf_counter() - t0) / steps * 1e3
+    box = [state]
+
+    def one():
+        box[0], metrics = step(box[0], batch)
+        return metrics
+
+    t = trace_ops(one, steps, hlo)
+    run.checkpointer.close()
+    if hasattr(it, "close"):
+        it.close()  # stop the Grain workers
+    return dict(model=cfg.model.name, batch=cfg.global_batch, resolution=cfg.data.image_size, dtype=cfg.dtype,
+                steps=steps, step_ms=step_ms, device_ms=t["device_ms"], categories=t["categories"],
+                top_ops=[dict(op=op, category=cat, ms=ms) for ms, op, cat in t["per_op"][:60]],
+                device=jax.devices()[0].device_kind, jax_version=jax.__version__,
+                date=datetime.date.today().isoformat())
+
+
+def probe(cfg, steps: int = 20) -> dict:
+    """Seconds per train step (synthetic on-device batch) and per batch from the Grain pipeline."""
+    import jax
+
+    from vmamba_jax.train.mesh import global_batch
+
+    run, state, step, it = _train_setup(cfg)
     t0 = time.perf_counter()
     batch = global_batch(next(it), run.batch_sharding)
     first_batch_s = time.perf_counter() - t0
@@ -119,8 +164,22 @@ def main():
     p.add_argument("--workdir", default="/tmp/cifar10_run")
     p.add_argument("--out_dir", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+    p.add_argument("--profile", action="store_true",
+                   help="no training: trace the config's train step and write profile_cifar10_<device>.{json,md}")
     a = p.parse_args()
     root = prepare_data(a.data_dir, a.extract_dir)
+    if a.profile:
+        from benchmarks.common import device_tag, disable_command_buffers
+        from benchmarks.profile_step import write_profile
+
+        disable_command_buffers()  # before the backend starts: else the trace shows one CUDA graph per step
+        cfg = load_config([f"data.root={root}", *a.set])
+        r = profile_train_step(cfg)
+        r["command"] = "python benchmarks/train_cifar10.py " + " ".join(sys.argv[1:])
+        write_profile(r, os.path.join(a.out_dir, f"profile_cifar10_{device_tag()[1]}"),
+                      f"configs/cifar10.py's train step (batch {cfg.global_batch} at {cfg.data.image_size}px, "
+                      f"{cfg.dtype}, one real batch).")
+        return
 
     t_start = time.time()  # before jax is imported: the clock covers everything but the extraction
     import jax
