@@ -105,33 +105,39 @@ def trace_ops(run, calls: int, hlo_text: str) -> dict:
                 categories=dict(sorted(by_cat.items(), key=lambda kv: -kv[1])), per_op=per_op)
 
 
-def profile(name: str, batch: int, impl: str | None, resolution: int, dtype: str, steps: int, warmup: int) -> dict:
+def profile_jitted_step(step, state, batch, steps: int, warmup: int) -> dict:
+    """A jitted `step(state, batch) -> (state, metrics)`: its unprofiled ms per step, then `trace_ops` of as many more
+    steps. Returns step_ms, device_ms, categories, top_ops and the device / version / date."""
     import jax
 
-    from benchmarks.train_throughput import setup_train_step
-
-    step, state, data, model = setup_train_step(name, batch, impl, resolution, dtype)
-    hlo = step.lower(state, data).compile().as_text()
+    hlo = step.lower(state, batch).compile().as_text()
     for _ in range(warmup + 1):
-        state, m = step(state, data)
+        state, m = step(state, batch)
     jax.block_until_ready(m)
     t0 = time.perf_counter()
     for _ in range(steps):
-        state, m = step(state, data)
+        state, m = step(state, batch)
     jax.block_until_ready(m)
     step_ms = (time.perf_counter() - t0) / steps * 1e3
     box = [state]
 
     def run():
-        box[0], metrics = step(box[0], data)
+        box[0], metrics = step(box[0], batch)
         return metrics
 
     t = trace_ops(run, steps, hlo)
-    return dict(model=name, batch=batch, resolution=resolution, dtype=dtype, impl=impl, steps=steps,
-                step_ms=step_ms, device_ms=t["device_ms"], categories=t["categories"],
+    return dict(step_ms=step_ms, device_ms=t["device_ms"], categories=t["categories"],
                 top_ops=[dict(op=op, category=cat, ms=ms) for ms, op, cat in t["per_op"][:60]],
                 device=jax.devices()[0].device_kind, jax_version=jax.__version__,
                 date=datetime.date.today().isoformat())
+
+
+def profile(name: str, batch: int, impl: str | None, resolution: int, dtype: str, steps: int, warmup: int) -> dict:
+    from benchmarks.train_throughput import setup_train_step
+
+    step, state, data, model = setup_train_step(name, batch, impl, resolution, dtype)
+    t = profile_jitted_step(step, state, data, steps, warmup)
+    return dict(model=name, batch=batch, resolution=resolution, dtype=dtype, impl=impl, steps=steps, **t)
 
 
 def main():

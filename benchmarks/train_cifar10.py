@@ -78,37 +78,16 @@ def _train_setup(cfg):
 def profile_train_step(cfg, steps: int = 10) -> dict:
     """Where the config's own train step spends its device time (benchmarks/profile_step.py's accounting) on one
     batch from the real pipeline: which kernels to speed up to fit more epochs into the 10 minutes."""
-    import jax
-
-    from benchmarks.profile_step import trace_ops
+    from benchmarks.profile_step import profile_jitted_step
     from vmamba_jax.train.mesh import global_batch
 
     run, state, step, it = _train_setup(cfg)
-    batch = global_batch(next(it), run.batch_sharding)
-    hlo = step.lower(state, batch).compile().as_text()
-    for _ in range(3):
-        state, m = step(state, batch)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = step(state, batch)
-    jax.block_until_ready(m)
-    step_ms = (time.perf_counter() - t0) / steps * 1e3
-    box = [state]
-
-    def one():
-        box[0], metrics = step(box[0], batch)
-        return metrics
-
-    t = trace_ops(one, steps, hlo)
+    t = profile_jitted_step(step, state, global_batch(next(it), run.batch_sharding), steps, warmup=2)
     run.checkpointer.close()
     if hasattr(it, "close"):
         it.close()  # stop the Grain workers
     return dict(model=cfg.model.name, batch=cfg.global_batch, resolution=cfg.data.image_size, dtype=cfg.dtype,
-                steps=steps, step_ms=step_ms, device_ms=t["device_ms"], categories=t["categories"],
-                top_ops=[dict(op=op, category=cat, ms=ms) for ms, op, cat in t["per_op"][:60]],
-                device=jax.devices()[0].device_kind, jax_version=jax.__version__,
-                date=datetime.date.today().isoformat())
+                steps=steps, **t)
 
 
 def probe(cfg, steps: int = 20) -> dict:
