@@ -129,18 +129,11 @@ def test_saving_a_step_twice_is_a_no_op(tmp_path):
 
 def test_small_eval_sets_are_decoded_once_and_give_the_same_metrics(tmp_path, monkeypatch):
     """config.data.cache_eval_mib: after one pass the eval batches come from the devices, with the same result."""
-    import importlib.util
-
     import jax
 
     from vmamba_jax.train import loop
 
-    spec = importlib.util.spec_from_file_location("digits", os.path.join(ROOT, "configs", "digits.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
-    cfg.model.kwargs.dims, cfg.model.kwargs.depths, cfg.data.image_size = (8,), (1,), 16
-    cfg.global_batch, cfg.eval_batch, cfg.ema_decay = 32, 120, 0.9
+    cfg = _tiny_digits_config()
     passes = []
     real = loop.eval_dataset
     monkeypatch.setattr(loop, "eval_dataset", lambda *a, **k: passes.append(1) or real(*a, **k))
@@ -153,3 +146,47 @@ def test_small_eval_sets_are_decoded_once_and_give_the_same_metrics(tmp_path, mo
     cfg.data.cache_eval_mib = 0  # off: decoded every time
     run = loop._Run(cfg, str(tmp_path / "off"))
     assert run.evaluate(state) == first and run.evaluate(state) == first and len(passes) == 3
+
+
+def _tiny_digits_config():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("digits", os.path.join(ROOT, "configs", "digits.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config()
+    cfg.model.kwargs.dims, cfg.model.kwargs.depths, cfg.data.image_size = (8,), (1,), 16
+    cfg.global_batch, cfg.eval_batch, cfg.ema_decay = 32, 120, 0.9
+    return cfg
+
+
+def test_evaluation_prepared_in_the_background_gives_the_same_metrics(tmp_path):
+    """prepare_eval_ahead (what train_and_evaluate starts before its first step): the thread fills the eval cache and
+    compiles the eval step from the parameters' shapes alone (the train step donates the real ones), and the
+    evaluation that uses them reports what the plain one does; a failure there surfaces at that evaluation."""
+    import jax
+
+    from vmamba_jax.train import loop
+
+    cfg = _tiny_digits_config()
+    run = loop._Run(cfg, str(tmp_path / "plain"))
+    state = jax.jit(run.init_fn)(jax.random.PRNGKey(0))
+    plain = run.evaluate(state)
+
+    ahead = loop._Run(cfg, str(tmp_path / "ahead"))
+    ahead.prepare_eval_ahead(state.params)
+    thread, box = ahead._eval_ahead
+    thread.join()
+    assert ahead._eval_cache is not None and "step" in box, box.get("error")
+    assert ahead.evaluate(state) == plain
+
+    class Broken:
+        def lower(self, *args):
+            raise ValueError("no eval step")
+
+    broken = loop._Run(cfg, str(tmp_path / "broken"))
+    broken.eval_step = Broken()
+    broken.prepare_eval_ahead(state.params)
+    with pytest.raises(RuntimeError, match="background") as err:
+        broken.evaluate(state)
+    assert isinstance(err.value.__cause__, ValueError)
