@@ -22,7 +22,7 @@ KW = dict(dims=16, depths=(1, 1, 2, 1), num_classes=5)
 @pytest.fixture(scope="module")
 def small():
     model = vmamba_jax.create_model("vmamba_tiny_s1l8", **KW)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))  # eager init: ~40 s on CI
     return model, variables, to_torch_state_dict(variables)
 
 
@@ -73,7 +73,7 @@ def test_unpickles_configs_of_classes_that_are_not_installed(monkeypatch):
 
 def test_legacy_v0_key_names_are_renamed():
     model = vmamba_jax.create_model("vanilla_vmamba_tiny", dims=16, depths=(1, 1, 1, 1), num_classes=3)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     sd = to_torch_state_dict(variables)
     legacy = {}
     for k, v in sd.items():

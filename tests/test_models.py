@@ -51,7 +51,7 @@ def test_flops_of_vmamba_tiny_match_the_official_count():
 
 def test_initialisation_follows_mamba_init_v0():
     model = vmamba_jax.create_model("vmamba_tiny_s1l8", dims=32, depths=(1, 1, 1, 1))
-    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]  # eager init: ~30 s
     op = params["layers_0"]["blocks_0"]["op"]
     assert np.all(op["A_logs"] == 0.0) and np.all(op["Ds"] == 1.0)       # d_state 1: log(1) = 0, A = -1
     dt = np.asarray(jax.nn.softplus(op["dt_projs_bias"]))
@@ -62,7 +62,7 @@ def test_initialisation_follows_mamba_init_v0():
     kernel = np.asarray(params["layers_2"]["blocks_0"]["mlp"]["fc1"]["kernel"])   # trunc_normal(std .02)
     assert 0.015 < kernel.std() < 0.025 and np.all(params["layers_2"]["blocks_0"]["mlp"]["fc1"]["bias"] == 0)
     v0 = vmamba_jax.create_model("vanilla_vmamba_tiny", dims=32, depths=(1, 1, 1, 1))
-    op0 = v0.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]["layers_0"]["blocks_0"]["op"]
+    op0 = jax.jit(v0.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]["layers_0"]["blocks_0"]["op"]
     np.testing.assert_allclose(op0["A_logs"][0], np.log(np.arange(1, 17)), rtol=1e-6)  # S4D-real
 
 
@@ -104,12 +104,12 @@ def test_bad_inputs_get_errors_that_name_the_fix():
 def test_bf16_compute_stays_close_to_fp32():
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
     model32 = vmamba_jax.create_model("vmamba_tiny_s1l8", dims=32, depths=(1, 1, 2, 1), num_classes=10)
-    variables = model32.init(jax.random.key(0), x)
+    variables = jax.jit(model32.init)(jax.random.key(0), x)
     # Random weights give near-zero logits; spread the head so the relative error is measured on real signal.
     variables = jax.tree_util.tree_map_with_path(
         lambda p, v: v * 50 if "head" in jax.tree_util.keystr(p) else v, variables)
-    y32 = model32.apply(variables, x)
-    y16 = model32.clone(dtype=jnp.bfloat16).apply(variables, x)
+    y32 = jax.jit(model32.apply)(variables, x)
+    y16 = jax.jit(model32.clone(dtype=jnp.bfloat16).apply)(variables, x)
     assert y16.dtype == jnp.float32
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda v: v.dtype == jnp.float32, variables))
     rel = float(jnp.abs(y16 - y32).max() / jnp.abs(y32).max())
@@ -129,27 +129,30 @@ def test_drop_path_is_active_only_in_training():
 
 
 def test_remat_gives_the_same_gradients():
+    """Jitted (eagerly, this was CI's slowest test at 110 s): XLA then fuses the rematerialised and the plain
+    backward differently, so they agree to float rounding, measured per tensor against its own max (2.6e-6 seen)."""
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     model = tiny()
-    variables = model.init(jax.random.key(0), x)
-    grad = lambda m: jax.grad(lambda p: m.apply({"params": p}, x).sum())(variables["params"])
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    grad = lambda m: jax.jit(jax.grad(lambda p: m.apply({"params": p}, x).sum()))(variables["params"])  # noqa: E731
     g1, g2 = grad(model), grad(model.clone(use_checkpoint=True))
     for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), np.abs(a - b).max() / np.abs(b).max()
 
 
 def test_backbone_returns_normalised_pre_downsample_features():
     kw = dict(dims=16, depths=(1, 1, 1, 1))
     backbone = vmamba_jax.create_model("vmamba_tiny_s1l8", features_only=True, out_indices=(0, 2, 3), **kw)
     x = jnp.ones((1, 64, 96, 3))
-    variables = backbone.init(jax.random.key(0), x)
-    feats = backbone.apply(variables, x)
+    variables = jax.jit(backbone.init)(jax.random.key(0), x)
+    feats = jax.jit(backbone.apply)(variables, x)
     assert [f.shape for f in feats] == [(1, 16, 24, 16), (1, 4, 6, 64), (1, 2, 3, 128)]
     assert set(variables["params"]) >= {"outnorm0", "outnorm2", "outnorm3"} and "classifier" not in variables["params"]
     # A classification checkpoint loads into the backbone as the official Backbone_VSSM.load_pretrained does.
     classifier = vmamba_jax.create_model("vmamba_tiny_s1l8", **kw)
     from vmamba_jax.convert import to_torch_state_dict
-    sd = to_torch_state_dict(classifier.init(jax.random.key(3), x))
+    sd = to_torch_state_dict(jax.jit(classifier.init)(jax.random.key(3), x))
     loaded = load_torch_checkpoint(sd, backbone, exclude=("outnorm",), ignore_unexpected=("classifier.",))
     np.testing.assert_array_equal(loaded["params"]["layers_1"]["blocks_0"]["op"]["Ds"],
                                   sd["layers.1.blocks.0.op.Ds"])
