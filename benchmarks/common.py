@@ -146,15 +146,20 @@ def run_in_turns(cmds: Sequence[Sequence[str]], logs: Sequence[str], budget_s: f
     return out
 
 
+def read_records(path: str | None) -> list[dict]:
+    """The records of an earlier results file (a JSON list), [] when there is none."""
+    if not path or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
 def merge_records(path: str | None, rows: list[dict], measured: Callable[[dict], bool], key: str = "model"
                   ) -> list[dict]:
     """`rows` merged into the records of an earlier results file (`--merge`), so one table can be filled over
     several device calls: a new row replaces the old row of its `key`, unless the new one failed where the old was
     `measured`; rows for other keys are kept in their order."""
-    if not path or not os.path.exists(path):
-        return list(rows)
-    with open(path) as f:
-        merged = json.load(f)
+    merged = read_records(path)
     for row in rows:
         i = next((i for i, old in enumerate(merged) if old.get(key) == row.get(key)), None)
         if i is None:

@@ -195,7 +195,7 @@ def main():
     p.add_argument("--parts", default=",".join(PARTS),
                    help="the halves to measure (infer, train); with --merge the others are kept from its row")
     a = p.parse_args()
-    from benchmarks.common import device_tag, run_in_turns, use_compilation_cache
+    from benchmarks.common import device_tag, read_records, run_in_turns, use_compilation_cache
 
     use_compilation_cache()
     if a.one:
@@ -208,10 +208,7 @@ def main():
     parts = tuple(x for x in a.parts.split(",") if x)
     if not parts or set(parts) - set(PARTS):
         p.error(f"--parts: a comma list of {PARTS}, got {a.parts!r}")
-    old = {}
-    if a.merge and os.path.exists(a.merge):
-        with open(a.merge) as f:
-            old = {r["model"]: r for r in json.load(f)}
+    old = {r["model"]: r for r in read_records(a.merge)}
     jobs = [(n, part) for n in names for part in parts]
     logs = {job: os.path.join(a.out_dir, f"derivatives_{job[0]}_{job[1]}.log") for job in jobs}
     turns = dict(zip(jobs, run_in_turns([child_cmd(*job) for job in jobs], [logs[j] for j in jobs], a.budget_s)))

@@ -85,15 +85,37 @@ def timeit(fn, *args, warmup=3, reps=20):
     return median(time_fn(lambda: fn(*args), warmup=warmup, repeats=reps)) * 1e3
 
 
+def kernel_case(op_name, impl, shape, dtype_name, plan=None):
+    """(op, args) of one timed case, on fresh random inputs.
+
+    op_name "scan": shape (b, k, c, n, length), the plain op, channel-major in and out; "ss2d_core": shape
+    (b, hw, d, n), the fused core on a square hw x hw map. With a `plan` (the sweep's or the profile's tile / unroll /
+    direct_store / approx_math knobs, {} for the defaults) op calls the Mosaic GPU kernel directly, else the public
+    API with implementation=impl."""
+    dtype = DTYPES[dtype_name]
+    if op_name == "scan":
+        args = make_inputs(0, *shape, dtype)
+        if plan is not None:
+            from pallas_kernels.selective_scan import pallas_mosaic_gpu as mod
+            return (lambda *a: mod.selective_scan(*a, **plan)), args
+        return (lambda *a: api.selective_scan(*a, implementation=impl)), args
+    b, hw, d, n = shape
+    args = make_core_inputs(0, b, hw, hw, d, n, -(-d // 16), dtype)  # dt rank "auto"
+    if plan is not None:
+        from pallas_kernels.ss2d import pallas_mosaic_gpu as fused
+        return (lambda *a: fused.ss2d_core(*a, **plan)), args
+    from pallas_kernels.ss2d import ss2d_core
+    return (lambda *a: ss2d_core(*a, implementation=impl)), args
+
+
+def _fwd_and_grad(op, args):
+    """The jitted forward and the jitted gradient of sum(op) in every argument."""
+    return jax.jit(op), jax.jit(jax.grad(lambda *a: jnp.sum(op(*a)), tuple(range(len(args)))))
+
+
 def bench_scan(impl, b, k, c, n, length, dtype_name, **kernel_kwargs):
-    args = make_inputs(0, b, k, c, n, length, DTYPES[dtype_name])
-    if kernel_kwargs:  # tile / unroll sweep of the GPU kernel: call it directly
-        from pallas_kernels.selective_scan import pallas_mosaic_gpu as mod
-        op = lambda *a: mod.selective_scan(*a, **kernel_kwargs)  # noqa: E731
-    else:
-        op = lambda *a: api.selective_scan(*a, implementation=impl)  # noqa: E731
-    fwd = jax.jit(op)
-    grad = jax.jit(jax.grad(lambda *a: jnp.sum(op(*a)), tuple(range(7))))
+    op, args = kernel_case("scan", impl, (b, k, c, n, length), dtype_name, kernel_kwargs or None)
+    fwd, grad = _fwd_and_grad(op, args)
     fwd_ms = timeit(fwd, *args)
     fwd_bwd_ms = timeit(grad, *args)
     isz = jnp.dtype(DTYPES[dtype_name]).itemsize
@@ -126,41 +148,26 @@ def _check_cell(r):
 
 
 def bench_ss2d(impl, b, hw, d, n, dtype_name, **kernel_kwargs):
-    from pallas_kernels.ss2d import pallas_mosaic_gpu as fused
-    from pallas_kernels.ss2d import ss2d_core
-
-    def core(*a, implementation):
-        if kernel_kwargs:  # tile / unroll sweep of the fused GPU core: call it directly
-            return fused.ss2d_core(*a, **kernel_kwargs)
-        return ss2d_core(*a, implementation=implementation)
-    x, *params = make_core_inputs(0, b, hw, hw, d, n, -(-d // 16), DTYPES[dtype_name])
-    fwd = jax.jit(lambda x, *p: core(x, *p, implementation=impl))
-    grad = jax.jit(jax.grad(lambda x, *p: jnp.sum(core(x, *p, implementation=impl)), tuple(range(6))))
-    out = dict(fwd_ms=round(timeit(fwd, x, *params), 4), fwd_bwd_ms=round(timeit(grad, x, *params), 4))
+    op, args = kernel_case("ss2d_core", impl, (b, hw, d, n), dtype_name, kernel_kwargs or None)
+    fwd, grad = _fwd_and_grad(op, args)
+    out = dict(fwd_ms=round(timeit(fwd, *args), 4), fwd_bwd_ms=round(timeit(grad, *args), 4))
     if kernel_kwargs:
         from pallas_kernels.ss2d import ss2d_core_reference
         ref = lambda *a: ss2d_core_reference(*a, scan_implementation="xla")  # noqa: E731
-        out.update(_check_variant(("ss2d", b, hw, d, n, dtype_name), fwd, grad, ref, (x, *params)))
+        out.update(_check_variant(("ss2d", b, hw, d, n, dtype_name), fwd, grad, ref, args))
     return out
 
 
 def profile_case(op_name, b, hw, d, dtype_name, reps=10, **kernel_kwargs):
     """Where the stage-1 time goes: a jax.profiler trace of `reps` calls of the forward and of the forward+backward,
     device milliseconds per call by category (the Mosaic GPU kernels against XLA's fusions and copies) and top ops.
-    op_name: "scan" (the plain op, channel-major in and out) or "ss2d_core" (the fused core)."""
+    op_name: "scan" (the plain op, channel-major in and out, K = 4) or "ss2d_core" (the fused core); N = 1."""
     from profile_step import trace_ops
 
-    if op_name == "scan":
-        from pallas_kernels.selective_scan import pallas_mosaic_gpu as mod
-        args = make_inputs(0, b, 4, d, 1, hw * hw, DTYPES[dtype_name])
-        op = lambda *a: mod.selective_scan(*a, **kernel_kwargs)  # noqa: E731
-    else:
-        from pallas_kernels.ss2d import pallas_mosaic_gpu as fused
-        args = make_core_inputs(0, b, hw, hw, d, 1, -(-d // 16), DTYPES[dtype_name])
-        op = lambda *a: fused.ss2d_core(*a, **kernel_kwargs)  # noqa: E731
+    shape = (b, 4, d, 1, hw * hw) if op_name == "scan" else (b, hw, d, 1)
+    op, args = kernel_case(op_name, "", shape, dtype_name, plan=kernel_kwargs)
     out = {}
-    for part, fn in (("fwd", jax.jit(op)),
-                     ("fwd_bwd", jax.jit(jax.grad(lambda *a: jnp.sum(op(*a)), tuple(range(len(args))))))):
+    for part, fn in zip(("fwd", "fwd_bwd"), _fwd_and_grad(op, args)):
         hlo = fn.lower(*args).compile().as_text()
         wall = timeit(fn, *args)
         t = trace_ops(lambda: fn(*args), reps, hlo)

@@ -483,10 +483,8 @@ def saves_states(plan: _Plan) -> bool:
 
 
 def _scan_fwd(plan, u, dl, proj_arr, prm):
-    if saves_states(plan):  # at the backward's tile size
-        y, hs = _forward(plan, u, dl, proj_arr, prm, save_states=True)
-    else:
-        y, hs = _forward(plan, u, dl, proj_arr, prm, save_states=False)
+    # hs is None when the backward recomputes the boundary states (at its own tile size).
+    y, hs = _forward(plan, u, dl, proj_arr, prm, save_states=saves_states(plan))
     return y, (u, dl, proj_arr, prm, hs)
 
 
