@@ -71,6 +71,18 @@ def test_kernels_lower_for_cuda(d_state, dtype):
         assert text.count("lg2.approx") == want
 
 
+def test_tiles_too_short_for_tma_are_refused_before_the_gpu_sees_them():
+    """A plain scan's N = 1 bf16 B/C tile at a backward tile of 16 is a 64-byte TMA copy: on the H200 it stopped the
+    process with CUDA_ERROR_MISALIGNED_ADDRESS. The wrapper says which tiles work instead."""
+    args = make_inputs(0, batch=2, groups=4, per_group=8, d_state=1, length=64, dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match="bwd_seq_tile >= 32"):
+        mgpu.selective_scan(*args, seq_tile=32, bwd_seq_tile=16)
+    fp32 = make_inputs(0, batch=2, groups=4, per_group=8, d_state=1, length=64, dtype=f32)
+    assert _export_for_cuda(lambda *a: mgpu.selective_scan(*a, seq_tile=16, bwd_seq_tile=16), *fp32) == 1  # 128 B
+    core = make_core_inputs(0, 2, 5, 7, 96, 1, 6, jnp.bfloat16)  # time-major [dts | B | C] rows: no limit at 16
+    assert _export_for_cuda(lambda *a: fused.ss2d_core(*a, seq_tile=16, bwd_seq_tile=16), *core) == 1
+
+
 # ------------------------------------------------------------------------------------------------ emulated kernels
 
 def _per_sequence(plan, u, dl, proj_arr, prm):
@@ -229,7 +241,8 @@ def test_auto_on_hopper_picks_fused_core_only_for_verified_d_state(monkeypatch):
     monkeypatch.setattr(mgpu, "is_supported", lambda: True)
     monkeypatch.setattr(fused, "is_supported", lambda: True)
     assert ss2d_api.resolve_implementation(None, d_state=1) == "fused_mosaic_gpu"
-    assert 16 not in fused.VERIFIED_D_STATES
-    assert ss2d_api.resolve_implementation(None, d_state=16) == "pallas_mosaic_gpu"  # the scan composition
+    assert ss2d_api.resolve_implementation(None, d_state=16) == "fused_mosaic_gpu"  # 20/20 on the H200, 2026-12-01
+    assert 4 not in fused.VERIFIED_D_STATES
+    assert ss2d_api.resolve_implementation(None, d_state=4) == "pallas_mosaic_gpu"  # the scan composition
     assert scan_api.resolve_implementation(None) == "pallas_mosaic_gpu"
     assert ss2d_api.resolve_implementation("fused_mosaic_gpu") == "fused_mosaic_gpu"  # by name: any d_state

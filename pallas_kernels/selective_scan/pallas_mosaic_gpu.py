@@ -203,6 +203,21 @@ class _Proj:
         return self._read(ref, self.r + self.n + j, t)
 
 
+def check_tma_tiles(plan: _Plan, itemsize: int) -> None:
+    """Raises for sequence tiles the projection tile's TMA copy cannot take. A time-minor (rows, TL) tile is one copy
+    of rows x TL x itemsize bytes, which must reach 128: the plain scan's N = 1 bf16 B/C tile at a backward tile of 16
+    (64 bytes) stopped the GPU with CUDA_ERROR_MISALIGNED_ADDRESS (and every later call of the process with it). The
+    interpreter has no such limit."""
+    proj = _Proj(plan.rank, plan.d_state, itemsize)
+    if plan.interpret is not None or not proj.time_minor:
+        return
+    need = -(-128 // (proj.rows * itemsize))
+    if min(plan.tl_fwd, plan.tl_bwd) < need:
+        raise ValueError(f"sequence tiles ({plan.tl_fwd}, {plan.tl_bwd}) are too short for the {proj.rows} x TL "
+                         f"projection tile's TMA copy at {itemsize}-byte elements (needs 128 bytes): pass seq_tile and "
+                         f"bwd_seq_tile >= {need}")
+
+
 def _block_coords(plan):
     """(g, k, source row, rev flag or None, first channel) of this block."""
     g = jax.lax.axis_index("g")
@@ -548,6 +563,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
                  tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=unroll or UNROLL,
                  direct_store=resolve_direct_store(direct_store, interpret),
                  approx_math=APPROX_MATH if approx_math is None else bool(approx_math), interpret=interpret)
+    check_tma_tiles(plan, B.dtype.itemsize)
 
     def seq(x):  # (batch, K*D, L) -> (batch*K, Lp, Dp), channel-minor, zero padded
         x = jnp.swapaxes(x.reshape(batch, groups, per_group, length), 2, 3)

@@ -27,7 +27,8 @@ _FUSED: dict[str, str] = {  # name -> module path
 # "auto" picks only fused kernels verified on the hardware itself, and only for the d_states a module lists in
 # VERIFIED_D_STATES. fused_mosaic_tpu is so far verified in Pallas' interpreter only (tests/test_ss2d_fused.py), and
 # its whole-image VMEM blocks bound the input size, so on a TPU it is opt-in by name until it has run on one (and
-# learnt to fall back above that size). fused_mosaic_gpu passed its GPU test for d_state 1 (the v2 models).
+# learnt to fall back above that size). fused_mosaic_gpu passed its GPU test for d_state 1 (the v2 models) and
+# 16 (v0, Res-VMamba; benchmarks/results/gpu_kernel_tests_h200.md).
 AUTO_ORDER = {"gpu": ("fused_mosaic_gpu",), "tpu": (), "cpu": ()}
 _announced: set[tuple[str, str]] = set()
 

@@ -27,7 +27,7 @@ f32 = jnp.float32
 is_supported = mgpu.is_supported
 # The d_states `implementation="auto"` may pick this core for: those its GPU test has passed
 # (benchmarks/results/gpu_kernel_tests_h200.md). Any d_state works when it is asked for by name.
-VERIFIED_D_STATES = (1,)
+VERIFIED_D_STATES = (1, 16)
 
 
 def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
@@ -68,6 +68,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
                            jnp.swapaxes(A, 1, 2), jnp.swapaxes(dt_projs_weight.astype(f32), 1, 2)], axis=1)
     prm = jnp.pad(prm, ((0, 0), (0, 0), (0, dp - d)))                   # (K, 2+N+R, Dp)
 
+    mgpu.check_tma_tiles(plan, proj.dtype.itemsize)
     y = mgpu.scan(plan, u, None, proj, prm).reshape(b, k_n, lp, dp)[:, :, :L, :d]
     out = jnp.zeros((b, h, w, d), f32)
     for j, k in enumerate(directions):
