@@ -55,22 +55,18 @@ OFFICIAL = {  # targets.md: official oflex CUDA kernel on an H100, (fwd_ms, fwd_
 
 STAGES = [(56, 96), (28, 192), (14, 384), (7, 768)]  # VMamba-T's (map side, channels) at 224
 # Kernel variants (pallas_mosaic_gpu._Plan knobs) timed at stage 1 by --sweep, each checked against the XLA
-# reference. The 2026-12-01 H200 sweep timed (64|32|128, 32, 1|4|8) rows without the check (results/scan_h200.md);
-# the --profile run of the same day (results/scan_profile_h200.md) found the SMEM-saving plan (y straight to GMEM,
-# tiles 32 / 16) 19-28% faster in device time, unchecked. The kernels are latency bound with few blocks per SM, so
-# the rows shrink SMEM (direct_store, backward tile 16: its ~130 KB at tile 32 leaves one block per SM; the plain
-# scan's N = 1 bf16 B/C tile is under TMA's 128-byte minimum at 16, so only the fused core runs those) and shorten
-# each step's dependency chain (approx_math: one-instruction exp / log).
+# reference. The checked sweep of 2026-12-01 (results/scan_sweep_h200.md) found approx_math (one-instruction exp /
+# log) right and 1.4-1.7x faster, and direct_store (y straight to GMEM) wrong on the GPU: so these rows vary the
+# tiles and the unroll around approx_math, keeping one direct_store row to track that fault. The plain scan's
+# N = 1 bf16 B/C tile needs tiles of 32 or more (TMA's 128-byte copy minimum; the wrapper refuses shorter ones).
 SWEEP = [dict(seq_tile=tf, bwd_seq_tile=tb, unroll=u, direct_store=ds, approx_math=ap) for tf, tb, u, ds, ap in [
-    (64, 32, 1, False, False), (64, 32, 1, False, True), (32, 32, 1, True, False), (32, 32, 1, True, True),
-    (32, 16, 1, True, False), (32, 16, 1, True, True), (16, 16, 4, True, True), (32, 32, 4, True, True)]]
+    (64, 32, 1, False, False), (64, 32, 1, False, True), (128, 32, 1, False, True), (32, 32, 1, False, True),
+    (64, 64, 1, False, True), (64, 32, 4, False, True), (64, 32, 1, True, True)]]
 
 
-# --profile: (op, plan) pairs, the default plans and the sweep's most promising SMEM-saving ones (the plain scan's
-# N = 1 bf16 B/C tile needs a backward tile of 32 or more: TMA's 128-byte minimum).
+# --profile: (op, plan) pairs, the default plans and the sweep's fastest checked ones.
 PROFILE_VARIANTS = [("scan", {}), ("ss2d_core", {}),
-                    ("scan", dict(seq_tile=32, bwd_seq_tile=32, direct_store=True, approx_math=True)),
-                    ("ss2d_core", dict(seq_tile=32, bwd_seq_tile=16, direct_store=True, approx_math=True))]
+                    ("scan", dict(approx_math=True)), ("ss2d_core", dict(approx_math=True))]
 
 
 def _supported(ss2d_api, impl):
