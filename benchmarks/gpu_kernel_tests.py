@@ -126,8 +126,9 @@ def main():
                # the Mosaic GPU kernels' module defaults (VMAMBA_MGPU_* environment variables) these cases ran with
                mgpu_direct_store=mgpu.DIRECT_STORE, mgpu_approx_math=mgpu.APPROX_MATH)
     print(json.dumps(env))
-    lengths = [3136, 784, 196, 49, 37]
-    maps = [(56, 56, 96), (28, 28, 192), (14, 14, 384), (7, 7, 768), (5, 7, 96)]  # VMamba-T's stages, an odd map
+    # VMamba-T's stages, an odd length, and L 16 (CIFAR's 4x4 last stage: tiles shrunk to 8, plan_tiles)
+    lengths = [3136, 784, 196, 49, 37, 16]
+    maps = [(56, 56, 96), (28, 28, 192), (14, 14, 384), (7, 7, 768), (5, 7, 96), (4, 4, 384)]
     cases = []
     for impl in args.impls.split(","):
         for n in (int(v) for v in args.d_states.split(",")):

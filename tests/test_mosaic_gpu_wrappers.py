@@ -60,13 +60,13 @@ def test_kernels_lower_for_cuda(d_state, dtype):
     if d_state > 1:
         return  # backward tile 16 at d_state 16 needs more SMEM than an SM has (the lowering says so)
     # The tuning variants benchmarks/scan_bench.py --sweep times: y stored straight to GMEM, other tiles, unrolled,
-    # approximate exp / log (ex2.approx / lg2.approx must reach the PTX).
+    # exact exp / log (the default, approx_math, must put ex2.approx / lg2.approx in the PTX).
     variant = lambda *a: fused.ss2d_core(*a, seq_tile=16, bwd_seq_tile=16, unroll=4, direct_store=True)  # noqa: E731
     assert _export_for_cuda(jax.grad(lambda *a: variant(*a).sum(), tuple(range(6))), *core) == 2
-    approx = lambda *a: fused.ss2d_core(*a, approx_math=True)  # noqa: E731
-    assert _export_for_cuda(jax.grad(lambda *a: approx(*a).sum(), tuple(range(6))), *core) == 2
+    exact = lambda *a: fused.ss2d_core(*a, approx_math=False)  # noqa: E731
+    assert _export_for_cuda(jax.grad(lambda *a: exact(*a).sum(), tuple(range(6))), *core) == 2
     shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in core]
-    for fn, want in ((approx, 1), (fused.ss2d_core, 0)):  # softplus' log: lg2.approx in the kernel's PTX, or not
+    for fn, want in ((fused.ss2d_core, 1), (exact, 0)):  # softplus' log: lg2.approx in the kernel's PTX (default), or not
         text = jax.export.export(jax.jit(fn), platforms=["cuda"])(*shapes).mlir_module()
         assert text.count("lg2.approx") == want
 

@@ -67,8 +67,9 @@ MAX_CONCURRENT_STEPS = 2
 UNSAFE_NO_AUTO_BARRIERS = os.environ.get("VMAMBA_MGPU_AUTO_BARRIERS", "0") != "1"
 # `_Plan.direct_store`'s default. VMAMBA_MGPU_DIRECT_STORE=1 runs benchmarks/gpu_kernel_tests.py on that path.
 DIRECT_STORE = os.environ.get("VMAMBA_MGPU_DIRECT_STORE", "0") == "1"
-# `_Plan.approx_math`'s default. VMAMBA_MGPU_APPROX_MATH=1 runs benchmarks/gpu_kernel_tests.py with it.
-APPROX_MATH = os.environ.get("VMAMBA_MGPU_APPROX_MATH", "0") == "1"
+# `_Plan.approx_math`'s default: on since the checked sweep of 2026-12-01 (benchmarks/results/scan_sweep_h200.md:
+# same error as the exact plan, fused core 1.4x faster at stage 1). VMAMBA_MGPU_APPROX_MATH=0 turns it off.
+APPROX_MATH = os.environ.get("VMAMBA_MGPU_APPROX_MATH", "1") == "1"
 
 
 def is_supported() -> bool:
@@ -203,19 +204,21 @@ class _Proj:
         return self._read(ref, self.r + self.n + j, t)
 
 
+def min_seq_tile(rank: int, d_state: int, itemsize: int) -> int:
+    """The shortest sequence tile the projection tile's TMA copy can take. A time-minor (rows, TL) tile is one copy of
+    rows x TL x itemsize bytes, which must reach 128 (the plain scan's N = 1 bf16 B/C tile at TL 16, 64 bytes, stopped
+    the GPU with CUDA_ERROR_MISALIGNED_ADDRESS, and every later call of the process with it); time-major rows are 32
+    bytes, so 4 steps."""
+    proj = _Proj(rank, d_state, itemsize)
+    return -(-128 // (proj.rows * itemsize)) if proj.time_minor else 4
+
+
 def check_tma_tiles(plan: _Plan, itemsize: int) -> None:
-    """Raises for sequence tiles the projection tile's TMA copy cannot take. A time-minor (rows, TL) tile is one copy
-    of rows x TL x itemsize bytes, which must reach 128: the plain scan's N = 1 bf16 B/C tile at a backward tile of 16
-    (64 bytes) stopped the GPU with CUDA_ERROR_MISALIGNED_ADDRESS (and every later call of the process with it). The
-    interpreter has no such limit."""
-    proj = _Proj(plan.rank, plan.d_state, itemsize)
-    if plan.interpret is not None or not proj.time_minor:
-        return
-    need = -(-128 // (proj.rows * itemsize))
-    if min(plan.tl_fwd, plan.tl_bwd) < need:
-        raise ValueError(f"sequence tiles ({plan.tl_fwd}, {plan.tl_bwd}) are too short for the {proj.rows} x TL "
-                         f"projection tile's TMA copy at {itemsize}-byte elements (needs 128 bytes): pass seq_tile and "
-                         f"bwd_seq_tile >= {need}")
+    """Raises for sequence tiles shorter than `min_seq_tile` (the interpreter has no such limit)."""
+    need = min_seq_tile(plan.rank, plan.d_state, itemsize)
+    if plan.interpret is None and min(plan.tl_fwd, plan.tl_bwd) < need:
+        raise ValueError(f"sequence tiles ({plan.tl_fwd}, {plan.tl_bwd}) are too short for the projection tile's TMA "
+                         f"copy at {itemsize}-byte elements (needs 128 bytes): pass seq_tile and bwd_seq_tile >= {need}")
 
 
 def _block_coords(plan):
@@ -537,10 +540,17 @@ def resolve_direct_store(direct_store: bool | None, interpret) -> bool:
     return DIRECT_STORE if direct_store is None else bool(direct_store)
 
 
-def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_tile: int | None = None):
-    """(tl_fwd, tl_bwd, padded length)."""
-    tl_f = seq_tile or _pick_tile(FWD_SEQ_TILE, d_state)
-    tl_b = bwd_seq_tile or _pick_tile(BWD_SEQ_TILE, d_state)
+def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_tile: int | None = None,
+               min_tile: int = 1):
+    """(tl_fwd, tl_bwd, padded length).
+
+    A sequence shorter than two default tiles gets the power-of-two tiles (>= min_tile) of which two cover it: the
+    walk is serial, so each padded step costs as much as a real one. With the default tiles a 4x4 map (CIFAR's last
+    stage, L 16) was padded to 128 steps and its kernels took 19 of the CIFAR train step's 46 ms on the H200, and
+    VMamba-T's 7x7 stage (L 49) walked 128 steps for 49."""
+    two = max(min_tile, 1 << (max(1, math.ceil(length / 2)) - 1).bit_length())  # the power of two >= L / 2
+    tl_f = seq_tile or min(_pick_tile(FWD_SEQ_TILE, d_state), two)
+    tl_b = bwd_seq_tile or min(_pick_tile(BWD_SEQ_TILE, d_state), two)
     step = math.lcm(tl_f, tl_b)
     # At least two sequence tiles: with a one-step grid `emit_pipeline` treats every block as index-invariant and
     # takes another copy path, which crashed (CUDA illegal address) for a 128-channel tile at a nonzero offset
@@ -557,7 +567,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     interpreter parameters (`testing.mosaic_gpu_interpreter()`, for tests on CPU)."""
     batch, channels, length, groups, d_state = check_inputs(u, delta, A, B, C, D, delta_bias)
     per_group = channels // groups
-    tl_f, tl_b, lp = plan_tiles(length, d_state, seq_tile, bwd_seq_tile)
+    tl_f, tl_b, lp = plan_tiles(length, d_state, seq_tile, bwd_seq_tile, min_seq_tile(0, d_state, B.dtype.itemsize))
     dp = LANES * math.ceil(per_group / LANES)
     plan = _Plan(groups=groups, source=tuple(range(groups)), reverse=(False,) * groups, rank=0, d_state=d_state,
                  tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=unroll or UNROLL,

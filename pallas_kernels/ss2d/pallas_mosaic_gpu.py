@@ -45,7 +45,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     L = h * w
     layouts = sorted({k % 2 for k in directions})                       # 0: row-major, 1: column-major
     plan_src = tuple(layouts.index(k % 2) for k in directions)
-    tl_f, tl_b, lp = mgpu.plan_tiles(L, n, seq_tile, bwd_seq_tile)
+    tl_f, tl_b, lp = mgpu.plan_tiles(L, n, seq_tile, bwd_seq_tile, mgpu.min_seq_tile(r, n, x.dtype.itemsize))
     dp = mgpu.LANES * -(-d // mgpu.LANES)
     plan = mgpu._Plan(groups=k_n, source=plan_src, reverse=tuple(k >= 2 for k in directions), rank=r, d_state=n,
                       tl_fwd=tl_f, tl_bwd=tl_b, softplus=True, unroll=unroll or mgpu.UNROLL,
