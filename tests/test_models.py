@@ -23,6 +23,13 @@ def tiny(**kw):
     return vmamba_jax.create_model("vmamba_tiny_s1l8", dims=16, depths=(1, 1, 1, 1), num_classes=7, **kw)
 
 
+@pytest.fixture(scope="module")
+def tiny_variables():
+    """tiny()'s variables, initialised once (jitted: an eager flax init took ~30 s on CI's CPU). The parameters do
+    not depend on the input size, so every test of tiny() at any size applies these."""
+    return jax.jit(tiny().init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
 def test_list_models_has_every_released_variant():
     assert vmamba_jax.list_models()[:len(RELEASED)] == RELEASED
 
@@ -67,11 +74,9 @@ def test_initialisation_follows_mamba_init_v0():
 
 
 @pytest.mark.parametrize("hw", [(64, 96), (33, 47), (7, 5), (1, 2)])
-def test_output_shapes_for_any_size_the_official_model_accepts(hw):
-    model = tiny()
+def test_output_shapes_for_any_size_the_official_model_accepts(hw, tiny_variables):
     x = jnp.ones((2, *hw, 3))
-    variables = model.init(jax.random.key(0), x)
-    logits, state = model.apply(variables, x, mutable=["intermediates"])
+    logits, state = jax.jit(lambda v, x: tiny().apply(v, x, mutable=["intermediates"]))(tiny_variables, x)
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
     h, w = hw
     for i in range(4):   # v2 stem: two stride-2 convs (ceil), v3 downsample: ceil(H/2) per stage
@@ -80,9 +85,8 @@ def test_output_shapes_for_any_size_the_official_model_accepts(hw):
         assert state["intermediates"][f"layers.{i}"][0].shape[1:3] == (h, w), i
 
 
-def test_bad_inputs_get_errors_that_name_the_fix():
-    model = tiny()
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+def test_bad_inputs_get_errors_that_name_the_fix(tiny_variables):
+    model, variables = tiny(), tiny_variables
     with pytest.raises(ValueError, match=r"x\[None\]"):
         model.apply(variables, jnp.zeros((32, 32, 3)))
     with pytest.raises(ValueError, match="channel-first"):
@@ -90,7 +94,7 @@ def test_bad_inputs_get_errors_that_name_the_fix():
     with pytest.raises(ValueError, match="float images"):
         model.apply(variables, jnp.zeros((1, 32, 32, 3), jnp.uint8))
     v1 = vmamba_jax.create_model("vanilla_vmamba_tiny", dims=16, depths=(1, 1, 1, 1))
-    v1_vars = v1.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    v1_vars = jax.jit(v1.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     with pytest.raises(ValueError, match="smaller than the minimum 4x4"):
         v1.apply(v1_vars, jnp.zeros((1, 3, 8, 3)))
     with pytest.raises(TypeError, match="did you mean 'ssm_ratio'"):
@@ -116,24 +120,23 @@ def test_bf16_compute_stays_close_to_fp32():
     assert rel < 2e-2, rel
 
 
-def test_drop_path_is_active_only_in_training():
-    model = tiny(drop_path_rate=0.5)
+def test_drop_path_is_active_only_in_training(tiny_variables):
+    model, variables = tiny(drop_path_rate=0.5), tiny_variables  # drop path adds no parameters
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-    variables = model.init(jax.random.key(0), x)
-    eval_out = model.apply(variables, x)
-    np.testing.assert_array_equal(eval_out, model.apply(variables, x))
-    a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
-    b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    evaluate = jax.jit(model.apply)
+    train = jax.jit(lambda v, x, key: model.apply(v, x, train=True, rngs={"dropout": key}))
+    eval_out = evaluate(variables, x)
+    np.testing.assert_array_equal(eval_out, evaluate(variables, x))
+    a, b = train(variables, x, jax.random.key(1)), train(variables, x, jax.random.key(2))
     assert not np.allclose(a, b) and not np.allclose(a, eval_out)
     assert model_kwargs("vmamba_tiny_s1l8")["drop_path_rate"] == 0.2
 
 
-def test_remat_gives_the_same_gradients():
+def test_remat_gives_the_same_gradients(tiny_variables):
     """Jitted (eagerly, this was CI's slowest test at 110 s): XLA then fuses the rematerialised and the plain
     backward differently, so they agree to float rounding, measured per tensor against its own max (2.6e-6 seen)."""
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    model = tiny()
-    variables = jax.jit(model.init)(jax.random.key(0), x)
+    model, variables = tiny(), tiny_variables
     grad = lambda m: jax.jit(jax.grad(lambda p: m.apply({"params": p}, x).sum()))(variables["params"])  # noqa: E731
     g1, g2 = grad(model), grad(model.clone(use_checkpoint=True))
     for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
@@ -150,9 +153,10 @@ def test_backbone_returns_normalised_pre_downsample_features():
     assert [f.shape for f in feats] == [(1, 16, 24, 16), (1, 4, 6, 64), (1, 2, 3, 128)]
     assert set(variables["params"]) >= {"outnorm0", "outnorm2", "outnorm3"} and "classifier" not in variables["params"]
     # A classification checkpoint loads into the backbone as the official Backbone_VSSM.load_pretrained does.
-    classifier = vmamba_jax.create_model("vmamba_tiny_s1l8", **kw)
-    from vmamba_jax.convert import to_torch_state_dict
-    sd = to_torch_state_dict(jax.jit(classifier.init)(jax.random.key(3), x))
+    classifier = vmamba_jax.create_model("vmamba_tiny_s1l8", **kw)  # its state dict: random values, official keys
+    rng = np.random.default_rng(3)
+    sd = {k: rng.standard_normal(shape).astype(np.float32)
+          for k, shape in expected_state_dict_shapes(classifier).items()}
     loaded = load_torch_checkpoint(sd, backbone, exclude=("outnorm",), ignore_unexpected=("classifier.",))
     np.testing.assert_array_equal(loaded["params"]["layers_1"]["blocks_0"]["op"]["Ds"],
                                   sd["layers.1.blocks.0.op.Ds"])
