@@ -17,6 +17,10 @@ Measured (H200, jax 0.11.2, 2026-12-01), benchmarks/results/cifar10_h200*.md. Go
   the same without RandAugment and erasing: 86.55% at 46 of 50 epochs, overfit (cifar10_h200_cropflip.md).
 The train step compiles in ~80 s and an epoch takes ~7.5 s (~11k train img/s plus the raw + EMA evaluation), so
 about 60 epochs fit in the 10 minutes.
+With the faster kernels (approx_math, short-sequence tiles) the same recipe ran at the same ~10k img/s, 87.04% at
+epoch 46 when its slot ended (cifar10_h200_fastplan_preempted.md): the Grain workers, not the step, are the likely
+bound. Not yet measured: `--config.data.augment_size=32 --config.aug.crop_padding=4` (augment at 32x32, upsample
+on the device: a quarter of the pixels for the CPU) with more epochs.
 """
 
 from vmamba_jax.train.config import default_config

@@ -83,6 +83,19 @@ def test_tiles_too_short_for_tma_are_refused_before_the_gpu_sees_them():
     assert _export_for_cuda(lambda *a: fused.ss2d_core(*a, seq_tile=16, bwd_seq_tile=16), *core) == 1
 
 
+def test_fast_plan_applies_only_where_the_gpu_checked_it():
+    """Short sequences: the fused core at d_state 1 walks two tiles that cover L (a 4x4 map: 16 steps, not 128); the
+    plain scan and d_state 16 keep the default tiles, and exact math, on which their GPU tests passed."""
+    fused_min = mgpu.min_seq_tile(6, 1, 2)
+    assert mgpu.plan_tiles(16, 1, min_tile=fused_min) == (8, 8, 16)
+    assert mgpu.plan_tiles(49, 1, min_tile=fused_min) == (32, 32, 64)
+    assert mgpu.plan_tiles(3136, 1, min_tile=fused_min) == (64, 32, 3136)   # long sequences: unchanged
+    assert mgpu.plan_tiles(16, 1) == (64, 32, 128)                          # the plain scan's plan
+    assert mgpu.plan_tiles(16, 1, seq_tile=32, bwd_seq_tile=32, min_tile=fused_min) == (32, 32, 64)  # asked for
+    assert mgpu.resolve_approx_math(None, 1) == mgpu.APPROX_MATH
+    assert not mgpu.resolve_approx_math(None, 16) and mgpu.resolve_approx_math(True, 16)
+
+
 # ------------------------------------------------------------------------------------------------ emulated kernels
 
 def _per_sequence(plan, u, dl, proj_arr, prm):

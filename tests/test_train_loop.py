@@ -190,3 +190,38 @@ def test_evaluation_prepared_in_the_background_gives_the_same_metrics(tmp_path):
     with pytest.raises(RuntimeError, match="background") as err:
         broken.evaluate(state)
     assert isinstance(err.value.__cause__, ValueError)
+
+
+def test_augment_size_ships_small_images_that_the_steps_upsample(tmp_path):
+    """config.data.augment_size: the pipeline emits 8x8 digits, the eval and train steps resize them to the model's
+    16x16 on the device (the eval step's logits are the model's on `resize_to(batch, 16)`); larger than image_size
+    is an error that names both."""
+    import jax
+    import numpy as np
+
+    from vmamba_jax.data import train_dataset
+    from vmamba_jax.data.device_resize import resize_to
+    from vmamba_jax.train import loop
+    from vmamba_jax.train.steps import make_train_step
+
+    cfg = _tiny_digits_config()
+    cfg.data.augment_size = 8
+    run = loop._Run(cfg, str(tmp_path))
+    batch = next(run.eval_batches())
+    assert batch["image"].shape[1:] == (8, 8, 3)
+    state = jax.jit(run.init_fn)(jax.random.PRNGKey(0))
+    sums = run.eval_step(state.params, batch)
+    logits = run.model.apply({"params": state.params}, resize_to(batch["image"], 16))
+    want = (np.argmax(np.asarray(logits), -1) == np.asarray(batch["label"])) * np.asarray(batch["mask"])
+    assert float(sums["top1"]) == float(want.sum())
+
+    step = make_train_step(run.model, run.tx, run.schedule, cfg, num_classes=run.num_classes,
+                           state_sharding=run.state_sharding, batch_sharding=run.batch_sharding, mesh=run.mesh)
+    train = next(iter(train_dataset(run.train_src, run.train_tf, global_batch=cfg.global_batch, seed=0)))
+    assert train["image"].shape[1:] == (8, 8, 3)
+    _, metrics = step(state, loop.global_batch(train, run.batch_sharding))
+    assert np.isfinite(float(metrics["loss"]))
+
+    cfg.data.augment_size = 32
+    with pytest.raises(ValueError, match="augment_size=32 > image_size=16"):
+        loop.build_transforms(cfg)

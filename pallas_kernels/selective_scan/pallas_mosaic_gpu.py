@@ -70,6 +70,17 @@ DIRECT_STORE = os.environ.get("VMAMBA_MGPU_DIRECT_STORE", "0") == "1"
 # `_Plan.approx_math`'s default: on since the checked sweep of 2026-12-01 (benchmarks/results/scan_sweep_h200.md:
 # same error as the exact plan, fused core 1.4x faster at stage 1). VMAMBA_MGPU_APPROX_MATH=0 turns it off.
 APPROX_MATH = os.environ.get("VMAMBA_MGPU_APPROX_MATH", "1") == "1"
+# The d_states whose GPU kernel tests passed on the fast plan (approx_math, and the fused core's short-sequence tiles):
+# d_state 1 on 2026-12-01 (benchmarks/results/gpu_kernel_tests_h200.md). Others keep libdevice's exact math and the
+# default tiles, on which they passed, until their tests rerun; approx_math=True still asks for it by name.
+FAST_PLAN_D_STATES = (1,)
+
+
+def resolve_approx_math(approx_math: bool | None, d_state: int) -> bool:
+    """None -> the module default for this d_state (see FAST_PLAN_D_STATES)."""
+    if approx_math is not None:
+        return bool(approx_math)
+    return APPROX_MATH and d_state in FAST_PLAN_D_STATES
 
 
 def is_supported() -> bool:
@@ -541,16 +552,20 @@ def resolve_direct_store(direct_store: bool | None, interpret) -> bool:
 
 
 def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_tile: int | None = None,
-               min_tile: int = 1):
+               min_tile: int | None = None):
     """(tl_fwd, tl_bwd, padded length).
 
-    A sequence shorter than two default tiles gets the power-of-two tiles (>= min_tile) of which two cover it: the
-    walk is serial, so each padded step costs as much as a real one. With the default tiles a 4x4 map (CIFAR's last
-    stage, L 16) was padded to 128 steps and its kernels took 19 of the CIFAR train step's 46 ms on the H200, and
-    VMamba-T's 7x7 stage (L 49) walked 128 steps for 49."""
-    two = max(min_tile, 1 << (max(1, math.ceil(length / 2)) - 1).bit_length())  # the power of two >= L / 2
-    tl_f = seq_tile or min(_pick_tile(FWD_SEQ_TILE, d_state), two)
-    tl_b = bwd_seq_tile or min(_pick_tile(BWD_SEQ_TILE, d_state), two)
+    With a `min_tile` (the fused core's), a sequence shorter than two default tiles gets the power-of-two tiles
+    (>= min_tile) of which two cover it: the walk is serial, so each padded step costs as much as a real one. With the
+    default tiles a 4x4 map (CIFAR's last stage, L 16) was padded to 128 steps and its kernels took 19 of the CIFAR
+    train step's 46 ms on the H200, and VMamba-T's 7x7 stage (L 49) walked 128 steps for 49. The plain scan keeps the
+    default tiles: its fp32 backward on a two-tile grid at the second channel tile (L 37 and 16, C 192) stopped the
+    H200 with CUDA_ERROR_ILLEGAL_ADDRESS (benchmarks/results/gpu_kernel_tests_h200.md), as a one-tile grid did before."""
+    tl_f, tl_b = _pick_tile(FWD_SEQ_TILE, d_state), _pick_tile(BWD_SEQ_TILE, d_state)
+    if min_tile is not None:
+        two = max(min_tile, 1 << (max(1, math.ceil(length / 2)) - 1).bit_length())  # the power of two >= L / 2
+        tl_f, tl_b = min(tl_f, two), min(tl_b, two)
+    tl_f, tl_b = seq_tile or tl_f, bwd_seq_tile or tl_b
     step = math.lcm(tl_f, tl_b)
     # At least two sequence tiles: with a one-step grid `emit_pipeline` treats every block as index-invariant and
     # takes another copy path, which crashed (CUDA illegal address) for a 128-channel tile at a nonzero offset
@@ -567,12 +582,12 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     interpreter parameters (`testing.mosaic_gpu_interpreter()`, for tests on CPU)."""
     batch, channels, length, groups, d_state = check_inputs(u, delta, A, B, C, D, delta_bias)
     per_group = channels // groups
-    tl_f, tl_b, lp = plan_tiles(length, d_state, seq_tile, bwd_seq_tile, min_seq_tile(0, d_state, B.dtype.itemsize))
+    tl_f, tl_b, lp = plan_tiles(length, d_state, seq_tile, bwd_seq_tile)  # the default tiles (see plan_tiles)
     dp = LANES * math.ceil(per_group / LANES)
     plan = _Plan(groups=groups, source=tuple(range(groups)), reverse=(False,) * groups, rank=0, d_state=d_state,
                  tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=unroll or UNROLL,
                  direct_store=resolve_direct_store(direct_store, interpret),
-                 approx_math=APPROX_MATH if approx_math is None else bool(approx_math), interpret=interpret)
+                 approx_math=resolve_approx_math(approx_math, d_state), interpret=interpret)
     check_tma_tiles(plan, B.dtype.itemsize)
 
     def seq(x):  # (batch, K*D, L) -> (batch*K, Lp, Dp), channel-minor, zero padded

@@ -45,12 +45,13 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     L = h * w
     layouts = sorted({k % 2 for k in directions})                       # 0: row-major, 1: column-major
     plan_src = tuple(layouts.index(k % 2) for k in directions)
-    tl_f, tl_b, lp = mgpu.plan_tiles(L, n, seq_tile, bwd_seq_tile, mgpu.min_seq_tile(r, n, x.dtype.itemsize))
+    short = mgpu.min_seq_tile(r, n, x.dtype.itemsize) if n in mgpu.FAST_PLAN_D_STATES else None  # short-L tiles
+    tl_f, tl_b, lp = mgpu.plan_tiles(L, n, seq_tile, bwd_seq_tile, min_tile=short)
     dp = mgpu.LANES * -(-d // mgpu.LANES)
     plan = mgpu._Plan(groups=k_n, source=plan_src, reverse=tuple(k >= 2 for k in directions), rank=r, d_state=n,
                       tl_fwd=tl_f, tl_bwd=tl_b, softplus=True, unroll=unroll or mgpu.UNROLL,
                       direct_store=mgpu.resolve_direct_store(direct_store, interpret),
-                      approx_math=mgpu.APPROX_MATH if approx_math is None else bool(approx_math), interpret=interpret)
+                      approx_math=mgpu.resolve_approx_math(approx_math, n), interpret=interpret)
 
     views = {0: x.reshape(b, L, d), 1: jnp.swapaxes(x, 1, 2).reshape(b, L, d)}
     src = jnp.stack([views[s] for s in layouts], axis=1)                # (B, S, L, D)

@@ -35,6 +35,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.eval_split = "val"
     c.data.tfds_name = config_dict.placeholder(str)
     c.data.image_size = 224
+    # The side the host pipeline crops and augments at when smaller than image_size: the train and eval steps then
+    # upsample on the device (bicubic). For small images whose Grain workers bound training (CIFAR-10 at 64 px).
+    c.data.augment_size = config_dict.placeholder(int)
     c.data.mean = (0.485, 0.456, 0.406)
     c.data.std = (0.229, 0.224, 0.225)
     c.data.workers = 8                 # Grain worker processes per host (0: in-process threads only)

@@ -39,7 +39,8 @@ def build_sources(data_cfg):
     """(train source, eval source) from config.data; raises on empty data or a class mismatch."""
     kind = data_cfg.kind
     if kind == "digits":
-        train, ev = digits_source("train", data_cfg.image_size), digits_source("test", data_cfg.image_size)
+        size = host_image_size(data_cfg)
+        train, ev = digits_source("train", size), digits_source("test", size)
     elif kind == "imagefolder":
         train = ImageFolderSource(os.path.join(data_cfg.root, data_cfg.train_split))
         ev = ImageFolderSource(os.path.join(data_cfg.root, data_cfg.eval_split))
@@ -55,12 +56,23 @@ def build_sources(data_cfg):
     return train, ev
 
 
+def host_image_size(data_cfg) -> int:
+    """The side the host pipeline emits: config.data.augment_size when set (the steps then resize to image_size on
+    the device, vmamba_jax/data/device_resize.py), else image_size."""
+    size = data_cfg.get("augment_size") or data_cfg.image_size
+    if size > data_cfg.image_size:
+        raise ValueError(f"config.data.augment_size={size} > image_size={data_cfg.image_size}: augment at the model's "
+                         "size or below (the device resize is for upsampling small images)")
+    return int(size)
+
+
 def build_transforms(cfg):
     a, d = cfg.aug, cfg.data
     rrc = tuple(a.rrc_scale) if a.rrc_scale else None
-    train = TrainTransform(size=d.image_size, rrc_scale=rrc, crop_padding=a.crop_padding, hflip=a.hflip,
+    size = host_image_size(d)
+    train = TrainTransform(size=size, rrc_scale=rrc, crop_padding=a.crop_padding, hflip=a.hflip,
                            randaugment=a.randaugment or "", reprob=a.reprob, mean=tuple(d.mean), std=tuple(d.std))
-    ev = EvalTransform(size=d.image_size, crop_pct=a.crop_pct, mean=tuple(d.mean), std=tuple(d.std))
+    ev = EvalTransform(size=size, crop_pct=a.crop_pct, mean=tuple(d.mean), std=tuple(d.std))
     return train, ev
 
 
@@ -107,13 +119,13 @@ class _Run:
         self._eval_cache = None  # see eval_batches
         self._eval_ahead = None  # see prepare_eval_ahead
         self.eval_step = make_eval_step(self.model, params_sharding=self.state_sharding.params,
-                                        batch_sharding=self.batch_sharding, mesh=self.mesh)
+                                        batch_sharding=self.batch_sharding, mesh=self.mesh, image_size=size)
         self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
                                          keep_best=cfg.checkpoint.keep_best,
                                          async_save=cfg.checkpoint.async_save)
 
     def _eval_fits_cache(self, steps: int) -> bool:
-        size = self.cfg.data.image_size
+        size = host_image_size(self.cfg.data)
         return steps * self.cfg.eval_batch * size * size * 3 * 4 <= self.cfg.data.cache_eval_mib * 2 ** 20
 
     def eval_batches(self):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vmamba_jax.data.device_resize import resize_to
 from vmamba_jax.data.mixup import mixup_cutmix
 from vmamba_jax.evaluation.metrics import masked_sums
 from vmamba_jax.train.loss import soft_target_cross_entropy
@@ -20,11 +21,13 @@ def _global_norm(tree):
 def make_train_step(model, tx, schedule, cfg, *, num_classes: int, state_sharding, batch_sharding, mesh):
     """Returns jitted `step(state, batch) -> (state, metrics)`; `state` is donated.
 
-    batch: {"image": (B, H, W, 3) f32, "label": (B,) i32, "corrupt": (B,) i32}, B the global batch. Inside: mixup/
+    batch: {"image": (B, H, W, 3) f32, "label": (B,) i32, "corrupt": (B,) i32}, B the global batch. Inside: the resize
+    to config.data.image_size (when the pipeline augments at a smaller augment_size), mixup/
     cutmix + label smoothing (on device, keyed by the step), forward with drop path, soft-target CE, gradients
     (accumulated over `grad_accum_steps` micro-batches with a scan), clip + AdamW, EMA.
     """
     aug, accum, ema_decay = cfg.aug, int(cfg.optim.grad_accum_steps), float(cfg.ema_decay)
+    size = int(cfg.data.image_size)
 
     def loss_fn(params, images, targets, rng):
         # "shortcut" feeds Res-VMamba's faithful mode (a fresh random projection per call); other models ignore it.
@@ -35,7 +38,7 @@ def make_train_step(model, tx, schedule, cfg, *, num_classes: int, state_shardin
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         k_mix, k_drop = jax.random.split(rng)
-        images, targets = mixup_cutmix(k_mix, batch["image"], batch["label"], num_classes=num_classes,
+        images, targets = mixup_cutmix(k_mix, resize_to(batch["image"], size), batch["label"], num_classes=num_classes,
                                        mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, prob=aug.mixup_prob,
                                        switch_prob=aug.mixup_switch_prob, label_smoothing=aug.label_smoothing)
         if accum == 1:
@@ -64,12 +67,14 @@ def make_train_step(model, tx, schedule, cfg, *, num_classes: int, state_shardin
                    out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,))
 
 
-def make_eval_step(model, *, params_sharding, batch_sharding, mesh):
-    """Returns jitted `eval_step(params, batch) -> sums` over the masked batch: top1, top5, loss (plain CE), count."""
+def make_eval_step(model, *, params_sharding, batch_sharding, mesh, image_size: int | None = None):
+    """Returns jitted `eval_step(params, batch) -> sums` over the masked batch: top1, top5, loss (plain CE), count.
+    With an image_size, batches of another size are resized to it first (config.data.augment_size)."""
 
     def step(params, batch):
+        images = batch["image"] if image_size is None else resize_to(batch["image"], image_size)
         # A fixed "shortcut" key keeps evaluation of faithful Res-VMamba deterministic; other models ignore it.
-        logits = model.apply({"params": params}, batch["image"], train=False,
+        logits = model.apply({"params": params}, images, train=False,
                              rngs={"shortcut": jax.random.PRNGKey(0)})
         return masked_sums(logits, batch["label"], batch["mask"])  # the same metric eval.py reports
 
