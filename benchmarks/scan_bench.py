@@ -56,8 +56,9 @@ OFFICIAL = {  # targets.md: official oflex CUDA kernel on an H100, (fwd_ms, fwd_
 STAGES = [(56, 96), (28, 192), (14, 384), (7, 768)]  # VMamba-T's (map side, channels) at 224
 # Kernel variants (pallas_mosaic_gpu._Plan knobs) timed at stage 1 by --sweep, each checked against the XLA
 # reference. The checked sweep of 2026-12-01 (results/scan_sweep_h200.md) found approx_math (one-instruction exp /
-# log) right and 1.4-1.7x faster, and direct_store (y straight to GMEM) wrong on the GPU: so these rows vary the
-# tiles and the unroll around approx_math, keeping one direct_store row to track that fault. The plain scan's
+# log) right and 1.4-1.7x faster, and direct_store (y straight to GMEM) wrong on the GPU (a missing warpgroup barrier
+# before the pipeline's refill, since added: `_end_direct_tile`): so these rows vary the tiles and the unroll around
+# approx_math, and the last one checks direct_store again. The plain scan's
 # N = 1 bf16 B/C tile needs tiles of 32 or more (TMA's 128-byte copy minimum; the wrapper refuses shorter ones).
 SWEEP = [dict(seq_tile=tf, bwd_seq_tile=tb, unroll=u, direct_store=ds, approx_math=ap) for tf, tb, u, ds, ap in [
     (64, 32, 1, False, False), (64, 32, 1, False, True), (128, 32, 1, False, True), (32, 32, 1, False, True),

@@ -232,6 +232,17 @@ def check_tma_tiles(plan: _Plan, itemsize: int) -> None:
                          f"copy at {itemsize}-byte elements (needs 128 bytes): pass seq_tile and bwd_seq_tile >= {need}")
 
 
+def _end_direct_tile(plan) -> None:
+    """The end of a pipeline step's body on the direct_store path: a warpgroup barrier (commit_smem) before
+    `emit_pipeline` refills this step's input slots. With SMEM outputs the pipeline commits SMEM (fence + barrier)
+    before storing them, so no thread is still reading a slot when its next tile's TMA lands; with every output in
+    GMEM it skips that (`copies_out_in_loop` is False) and issues the refill right after the body, so a lagging warp
+    read the next tile's data. That race is invisible to the interpreter, and the likely cause of the direct_store
+    plans' 0.08-0.36 errors on the H200 (benchmarks/results/scan_sweep_h200.md)."""
+    if plan.direct_store:
+        plgpu.commit_smem()
+
+
 def _block_coords(plan):
     """(g, k, source row, rev flag or None, first channel) of this block."""
     g = jax.lax.axis_index("g")
@@ -316,7 +327,9 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states):
                 o_s[0][y_row(p)] = y
                 return tuple(h_new)
 
-            return jax.lax.fori_loop(0, tl, step, h, unroll=plan.unroll)
+            h = jax.lax.fori_loop(0, tl, step, h, unroll=plan.unroll)
+            _end_direct_tile(plan)
+            return h
 
         seq = pl.BlockSpec((tl, LANES), lambda i: (chunk(i), 0))
         in_specs = [seq] + ([seq] if has_dl else []) + [proj.spec(tl, chunk)]
@@ -448,6 +461,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy):
                 dbc_s[chunk(idx[0])] = sums
             else:
                 dbc_s[...] = sums
+            _end_direct_tile(plan)  # also: the next tile's steps overwrite red_smem, which every thread just read
             return carry
 
         seq = pl.BlockSpec((tl, LANES), lambda i: (chunk(i), 0))
