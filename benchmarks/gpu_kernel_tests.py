@@ -124,7 +124,8 @@ def main():
     env = dict(device=dev.device_kind, platform=dev.platform, jax_version=jax.__version__,
                date=datetime.date.today().isoformat(),
                # the Mosaic GPU kernels' module defaults (VMAMBA_MGPU_* environment variables) these cases ran with
-               mgpu_direct_store=mgpu.DIRECT_STORE, mgpu_approx_math=mgpu.APPROX_MATH)
+               mgpu_direct_store=mgpu.DIRECT_STORE, mgpu_approx_math=mgpu.APPROX_MATH,
+               mgpu_fast_plan_d_states=list(mgpu.FAST_PLAN_D_STATES))
     print(json.dumps(env))
     # VMamba-T's stages, an odd length, and L 16 (CIFAR's 4x4 last stage: tiles shrunk to 8, plan_tiles)
     lengths = [3136, 784, 196, 49, 37, 16]

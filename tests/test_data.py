@@ -159,3 +159,23 @@ def test_digits_embedded():
     assert (len(tr), len(te)) == (1437, 360)
     assert tr[0]["image"].shape == (32, 32, 3) and tr[0]["image"].dtype == np.uint8
     assert sorted(set(te.labels.tolist())) == list(range(10))
+
+
+def test_decode_in_memory_keeps_the_stream_and_the_corrupt_count(folder):
+    """config.data.cache_train_mib: the train set decoded once into an ArraySource gives the same batches as decoding
+    in the stream, and the corrupt image's stand-in is still counted each epoch; too big or mixed shapes: None."""
+    from vmamba_jax.data import decode_in_memory
+
+    src = ImageFolderSource(str(folder / "train"))
+    cached = decode_in_memory(src, max_mib=1)
+    assert cached is not None and cached.images.shape == (18, 20, 24, 3) and cached.classes == src.classes
+    plain, mem = iter(train_dataset(src, SMALL, global_batch=6, seed=0)), iter(train_dataset(cached, SMALL,
+                                                                                             global_batch=6, seed=0))
+    for _ in range(6):  # two epochs
+        a, b = next(plain), next(mem)
+        for k in ("image", "label", "corrupt"):
+            np.testing.assert_array_equal(a[k], b[k])
+    assert int(sum(DecodedSource(cached)[i]["corrupt"] for i in range(18))) == 1
+    assert decode_in_memory(src, max_mib=18 * 20 * 24 * 3 / 2 ** 20 / 2) is None   # over the limit
+    (folder / "train" / "a" / "odd.png").write_bytes(_png(np.random.default_rng(1), size=(8, 8)))
+    assert decode_in_memory(ImageFolderSource(str(folder / "train")), max_mib=1) is None  # mixed shapes

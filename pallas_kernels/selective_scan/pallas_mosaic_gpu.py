@@ -73,7 +73,8 @@ APPROX_MATH = os.environ.get("VMAMBA_MGPU_APPROX_MATH", "1") == "1"
 # The d_states whose GPU kernel tests passed on the fast plan (approx_math, and the fused core's short-sequence tiles):
 # d_state 1 on 2026-12-01 (benchmarks/results/gpu_kernel_tests_h200.md). Others keep libdevice's exact math and the
 # default tiles, on which they passed, until their tests rerun; approx_math=True still asks for it by name.
-FAST_PLAN_D_STATES = (1,)
+# VMAMBA_MGPU_FAST_PLAN_D_STATES=1,16 runs benchmarks/gpu_kernel_tests.py with d_state 16 on it too.
+FAST_PLAN_D_STATES = tuple(int(v) for v in os.environ.get("VMAMBA_MGPU_FAST_PLAN_D_STATES", "1").split(",") if v)
 
 
 def resolve_approx_math(approx_math: bool | None, d_state: int) -> bool:

@@ -4,5 +4,5 @@ from vmamba_jax.data.digits import digits_source  # noqa: F401
 from vmamba_jax.data.mixup import mixup_cutmix, smooth_one_hot  # noqa: F401
 from vmamba_jax.data.pipeline import check_classes, eval_dataset, train_dataset  # noqa: F401
 from vmamba_jax.data.sources import (ArrayRecordSource, ArraySource, DecodedSource, ImageFolderSource,  # noqa: F401
-                                     TfdsSource)
+                                     TfdsSource, decode_in_memory)
 from vmamba_jax.data.transforms import EvalTransform, TrainTransform  # noqa: F401

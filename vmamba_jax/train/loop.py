@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmamba_jax.data import (ArrayRecordSource, EvalTransform, ImageFolderSource, TfdsSource, TrainTransform,
-                             check_classes, digits_source, eval_dataset, train_dataset)
+                             check_classes, decode_in_memory, digits_source, eval_dataset, train_dataset)
 from vmamba_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from vmamba_jax.train.mesh import (batch_sharding, global_batch, initialize_distributed, make_mesh,
                                    state_shardings)
@@ -93,6 +93,11 @@ class _Run:
         self.cfg = cfg
         self.mesh = make_mesh(cfg.mesh.fsdp)
         self.train_src, self.eval_src = build_sources(cfg.data)
+        if cfg.data.get("cache_train_mib"):
+            cached = decode_in_memory(self.train_src, cfg.data.cache_train_mib)
+            logger.info("train set %s", "decoded into host memory" if cached is not None else
+                        f"not cached: over config.data.cache_train_mib={cfg.data.cache_train_mib} or mixed shapes")
+            self.train_src = cached if cached is not None else self.train_src
         self.num_classes = cfg.model.get("num_classes") or len(self.train_src.classes)
         if self.num_classes < len(self.train_src.classes):
             raise ValueError(f"model.num_classes={self.num_classes} < {len(self.train_src.classes)} classes in data")
