@@ -19,7 +19,7 @@
 # Stages: kernels (benchmarks/gpu_kernel_tests.py for the plain scan and the fused SS2D core, two processes at once;
 # a crashed one reruns isolated), parity (model parity + torch converter tests with every implementation the GPU has),
 # sweep (the kernels' tile/unroll variants), scanprof (their stage-1 device time per op), cifarprof (the CIFAR-10
-# config's train step per op), scan, breakdown (where the train step's time goes), train_{T,S,B} (or
+# config's train step per op), cifarpipe (its input pipeline alone, per variant), scan, breakdown (where the train step's time goes), train_{T,S,B} (or
 # train_S+B: several models in one run, compiled in parallel, then timed in turns), profile (the train step's device time per
 # HLO op: which kernels to speed up),
 # cifar10, derivatives, resolution.
@@ -87,6 +87,9 @@ for s in "$@"; do
               stage scanprof "${SCANPROF_S:-200}" python3 benchmarks/scan_bench.py --profile --out "$RES/scan_profile.json" ;;
     cifarprof) # configs/cifar10.py's own train step, traced: where its ~46 ms per 512 images go
               stage cifarprof "${CIFARPROF_S:-200}" python3 benchmarks/train_cifar10.py --data_dir .data --profile \
+                ${CIFAR_SET:+--set $CIFAR_SET} --out_dir "$RES" ;;
+    cifarpipe) # the CIFAR-10 train stream alone (Grain workers + host-to-device copy), per input variant: img/s
+              stage cifarpipe "${CIFARPIPE_S:-150}" python3 benchmarks/train_cifar10.py --data_dir .data --pipeline \
                 ${CIFAR_SET:+--set $CIFAR_SET} --out_dir "$RES" ;;
     scan)     stage scan 150 python3 benchmarks/scan_bench.py --impls "${SCAN_IMPLS:-pallas_mosaic_gpu}" \
                 --skip-model --out "$RES/scan.json" ;;

@@ -90,6 +90,65 @@ def profile_train_step(cfg, steps: int = 10) -> dict:
                 steps=steps, **t)
 
 
+# --pipeline: the input-pipeline variants it times (config overrides), the config's own first.
+PIPELINE_VARIANTS = {
+    "config (augment at 64)": [],
+    "augment_size 32": ["data.augment_size=32", "aug.crop_padding=4"],
+    "augment_size 32 + decoded in memory": ["data.augment_size=32", "aug.crop_padding=4", "data.cache_train_mib=1024"],
+}
+
+
+def measure_pipeline(cfg, batches: int = 100) -> dict:
+    """Steady-state img/s of the config's train stream, Grain workers and host-to-device copy included (what the
+    train loop's `global_batch(next(it))` costs), no model. The warm-up drains the workers' prefetch buffers first,
+    which fill while a real run compiles (the probe's `data_s` timed those and so read ~2 ms per batch)."""
+    import jax
+
+    from vmamba_jax.data import train_dataset
+    from vmamba_jax.train.loop import _Run
+    from vmamba_jax.train.mesh import global_batch
+
+    t0 = time.perf_counter()
+    run = _Run(cfg, "/tmp/cifar_pipeline_workdir")  # decodes the train set into memory when configured
+    setup_s = time.perf_counter() - t0
+    it = iter(train_dataset(run.train_src, run.train_tf, global_batch=run.global_batch, seed=123,
+                            worker_count=cfg.data.workers))
+    t0 = time.perf_counter()
+    jax.block_until_ready(global_batch(next(it), run.batch_sharding)["image"])
+    first_batch_s = time.perf_counter() - t0
+    for _ in range(2 * max(1, cfg.data.workers) + 4):  # per_worker_buffer_size 2 (vmamba_jax/data/pipeline.py)
+        jax.block_until_ready(global_batch(next(it), run.batch_sharding)["image"])
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        jax.block_until_ready(global_batch(next(it), run.batch_sharding)["image"])
+    seconds = time.perf_counter() - t0
+    run.checkpointer.close()
+    if hasattr(it, "close"):
+        it.close()
+    return dict(img_per_s=batches * run.global_batch / seconds, batch_ms=1e3 * seconds / batches,
+                first_batch_s=first_batch_s, setup_s=setup_s, workers=cfg.data.workers, batch=run.global_batch,
+                batches=batches)
+
+
+def write_pipeline(rows: list[dict], base: str) -> str:
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    with open(base + ".json", "w") as f:
+        json.dump(rows, f, indent=1)
+    r0 = rows[0]
+    md = [f"# CIFAR-10 input pipeline, {r0['device']} host ({r0['host_cpus']} CPUs), jax {r0['jax_version']}, "
+          f"{r0['date']}", "",
+          f"Command: `{r0['command']}`. configs/cifar10.py's train stream (Grain, {r0['workers']} workers, batch "
+          f"{r0['batch']}) with its host-to-device copy, no model: {r0['batches']} batches after the prefetch buffers "
+          "are drained. The train step must beat these rates for the GPU to be the bound.", "",
+          "| variant | overrides | img/s | ms / batch | first batch s | setup s |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['variant']} | `{' '.join(r['overrides']) or '-'}` | {r['img_per_s']:,.0f} | {r['batch_ms']:.1f} | "
+           f"{r['first_batch_s']:.1f} | {r['setup_s']:.1f} |" for r in rows]
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    return "\n".join(md)
+
+
 def probe(cfg, steps: int = 20) -> dict:
     """Seconds per train step (synthetic on-device batch) and per batch from the Grain pipeline."""
     import jax
@@ -145,8 +204,26 @@ def main():
     p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
     p.add_argument("--profile", action="store_true",
                    help="no training: trace the config's train step and write profile_cifar10_<device>.{json,md}")
+    p.add_argument("--pipeline", action="store_true",
+                   help="no training: time the train stream of each PIPELINE_VARIANTS entry (with --set on top), "
+                        "write pipeline_cifar10_<device>.{json,md}")
     a = p.parse_args()
     root = prepare_data(a.data_dir, a.extract_dir)
+    if a.pipeline:
+        import jax
+
+        from benchmarks.common import device_tag
+
+        rows = []
+        for name, overrides in PIPELINE_VARIANTS.items():
+            cfg = load_config([f"data.root={root}", *overrides, *a.set])
+            rows.append(dict(variant=name, overrides=overrides + a.set, **measure_pipeline(cfg),
+                             device=device_tag()[0], host_cpus=os.cpu_count(), jax_version=jax.__version__,
+                             date=datetime.date.today().isoformat(),
+                             command="python benchmarks/train_cifar10.py " + " ".join(sys.argv[1:])))
+            print(json.dumps(rows[-1]), flush=True)
+        write_pipeline(rows, os.path.join(a.out_dir, f"pipeline_cifar10_{device_tag()[1]}"))
+        return
     if a.profile:
         from benchmarks.common import device_tag, disable_command_buffers
         from benchmarks.profile_step import write_profile
