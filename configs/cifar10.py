@@ -19,8 +19,9 @@ The train step compiles in ~80 s and an epoch takes ~7.5 s (~11k train img/s plu
 about 60 epochs fit in the 10 minutes.
 With the faster kernels (approx_math, short-sequence tiles) the same recipe ran at the same ~10k img/s, 87.04% at
 epoch 46 when its slot ended (cifar10_h200_fastplan_preempted.md): the Grain workers, not the step, are the likely
-bound. Not yet measured: `--config.data.augment_size=32 --config.aug.crop_padding=4` (augment at 32x32, upsample
-on the device: a quarter of the pixels for the CPU) with more epochs.
+bound. Not yet measured on the GPU: `--config.data.augment_size=32 --config.aug.crop_padding=4
+--config.data.cache_train_mib=1024` (augment at 32x32 and upsample on the device, decode the train set once: the
+stream 2-4x faster on a 2-CPU machine, benchmarks/results/pipeline_cifar10_cpu.md) with more epochs.
 """
 
 from vmamba_jax.train.config import default_config
