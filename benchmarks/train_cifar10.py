@@ -116,18 +116,28 @@ def measure_pipeline(cfg, batches: int = 100) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(global_batch(next(it), run.batch_sharding)["image"])
     first_batch_s = time.perf_counter() - t0
-    for _ in range(2 * max(1, cfg.data.workers) + 4):  # per_worker_buffer_size 2 (vmamba_jax/data/pipeline.py)
+    seconds = stream_seconds(run, it, batches)
+    run.checkpointer.close()
+    if hasattr(it, "close"):
+        it.close()
+    return dict(img_per_s=run.global_batch / seconds, batch_ms=1e3 * seconds, first_batch_s=first_batch_s,
+                setup_s=setup_s, workers=cfg.data.workers, batch=run.global_batch, batches=batches)
+
+
+def stream_seconds(run, it, batches: int) -> float:
+    """Seconds per global batch of the train stream `it` in steady state, host-to-device copy included: the
+    workers' prefetch buffers (per_worker_buffer_size 2, vmamba_jax/data/pipeline.py) are drained first, since they
+    fill while a step compiles and would time as free."""
+    import jax
+
+    from vmamba_jax.train.mesh import global_batch
+
+    for _ in range(2 * max(1, run.cfg.data.workers) + 4):
         jax.block_until_ready(global_batch(next(it), run.batch_sharding)["image"])
     t0 = time.perf_counter()
     for _ in range(batches):
         jax.block_until_ready(global_batch(next(it), run.batch_sharding)["image"])
-    seconds = time.perf_counter() - t0
-    run.checkpointer.close()
-    if hasattr(it, "close"):
-        it.close()
-    return dict(img_per_s=batches * run.global_batch / seconds, batch_ms=1e3 * seconds / batches,
-                first_batch_s=first_batch_s, setup_s=setup_s, workers=cfg.data.workers, batch=run.global_batch,
-                batches=batches)
+    return (time.perf_counter() - t0) / batches
 
 
 def write_pipeline(rows: list[dict], base: str) -> str:
@@ -168,10 +178,7 @@ def probe(cfg, steps: int = 20) -> dict:
         state, m = step(state, batch)
     jax.block_until_ready(m)
     step_s = (time.perf_counter() - t0) / steps
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        next(it)
-    data_s = (time.perf_counter() - t0) / steps
+    data_s = stream_seconds(run, it, steps)  # the pipeline's own rate: a run goes at the slower of the two
     t0 = time.perf_counter()
     for _ in run.eval_batches():  # decodes the test set into the device cache (the real run does it again)
         pass
@@ -252,7 +259,8 @@ def main():
         # An epoch: its steps (the slower of device and input pipeline), its evaluation, a checkpoint, logging.
         # The 2026-12-01 H200 run guessed 1.5 s for the evaluation where an epoch spent ~7 s beyond its steps (its
         # evaluation decoded the test set every epoch, since cached) and overran its slot by a quarter; now the
-        # evaluation is measured.
+        # evaluation is measured. data_s once timed the batches buffered during the compile (~2 ms each); it is
+        # now the stream's steady state.
         epoch_s = info["steps_per_epoch"] * max(info["step_s"], info["data_s"]) * 1.08 + info["eval_s"] + 1.0
         # The real run decodes the test set once more and reloads its compiled steps; 20 s for start-up and the
         # final save. If the config's epochs fit, it reuses the probe's train step (XLA's persistent cache, the
