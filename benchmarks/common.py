@@ -55,13 +55,12 @@ def disable_command_buffers() -> None:
 
 
 def use_compilation_cache(cache_dir: str = "/tmp/jax_cache_bench") -> str:
-    """Points this process and every child it starts at one persistent compilation cache (XLA's autotuning results
-    included), caching every executable however quickly it compiled. Call before the first compile."""
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache_dir)
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    """Points this process and every child it starts at one persistent compilation cache, caching every executable
+    however quickly it compiled (the library's `use_compilation_cache` with no minimum). Call before the first
+    compile."""
+    from vmamba_jax.train.compile_cache import use_compilation_cache as use_cache
+
+    return use_cache(cache_dir, min_compile_secs=0)
 
 
 # A benchmark child that runs under `run_in_turns` finds its turn's file prefix here.

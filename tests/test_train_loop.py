@@ -225,3 +225,28 @@ def test_augment_size_ships_small_images_that_the_steps_upsample(tmp_path):
     cfg.data.augment_size = 32
     with pytest.raises(ValueError, match="augment_size=32 > image_size=16"):
         loop.build_transforms(cfg)
+
+
+CACHE_SCRIPT = """
+import os, sys, jax, jax.numpy as jnp
+from vmamba_jax.train.compile_cache import use_compilation_cache
+used = use_compilation_cache(sys.argv[1], min_compile_secs=0)
+jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()
+print("USED", used)
+"""
+
+
+@pytest.mark.parametrize("env_dir", [False, True], ids=["config", "environment"])
+def test_compilation_cache_goes_where_the_config_says_unless_the_environment_says_otherwise(tmp_path, env_dir):
+    """config.compilation_cache_dir: what a restarted run reloads its compiled steps from; JAX_COMPILATION_CACHE_DIR
+    (tests, benchmarks) takes precedence."""
+    env = {k: v for k, v in _env(tmp_path).items() if not k.startswith("JAX_PERSISTENT_CACHE")}
+    env.pop("JAX_COMPILATION_CACHE_DIR")
+    if env_dir:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "from_env")
+    out = subprocess.run([sys.executable, "-c", CACHE_SCRIPT, str(tmp_path / "from_config")], env=env, text=True,
+                         capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    want = tmp_path / ("from_env" if env_dir else "from_config")
+    assert f"USED {want}" in out.stdout and os.listdir(want)
+    assert not (tmp_path / ("from_config" if env_dir else "from_env")).exists()

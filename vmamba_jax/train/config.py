@@ -27,6 +27,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.dtype = "bfloat16"                                # compute dtype; params, scan math and norms stay fp32
     c.remat = False                                     # rematerialise each block (VSSM use_checkpoint)
     c.scan_implementation = config_dict.placeholder(str)  # None = auto (best available on the backend)
+    # JAX's persistent compilation cache: a restarted run (preemption, a crash) loads its compiled train and eval
+    # steps instead of compiling them again (minutes for VMamba-S/B on a GPU). "" turns it off;
+    # JAX_COMPILATION_CACHE_DIR, when set, wins.
+    c.compilation_cache_dir = "~/.cache/vmamba_jax/xla"
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "imagefolder"        # digits | imagefolder | arrayrecord | tfds

@@ -21,6 +21,7 @@ import numpy as np
 from vmamba_jax.data import (ArrayRecordSource, EvalTransform, ImageFolderSource, TfdsSource, TrainTransform,
                              check_classes, decode_in_memory, digits_source, eval_dataset, train_dataset)
 from vmamba_jax.train.checkpoint import Checkpointer, abstract_with_shardings
+from vmamba_jax.train.compile_cache import use_compilation_cache
 from vmamba_jax.train.mesh import (batch_sharding, global_batch, initialize_distributed, make_mesh,
                                    state_shardings)
 from vmamba_jax.train.metrics import MetricWriter
@@ -244,6 +245,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     """Trains `cfg` in `workdir`, resuming from its latest checkpoint if there is one. Returns the summary dict
     (status "done" or "preempted")."""
     t_start = time.time()
+    use_compilation_cache(cfg.get("compilation_cache_dir"))  # a restart loads its compiled steps
     run = _Run(cfg, workdir)
     is_main = jax.process_index() == 0
     if is_main:
@@ -341,6 +343,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
 
 def evaluate_checkpoint(cfg, workdir: str, step: int | None = None) -> dict:
     """Restores a checkpoint of `workdir` onto the current devices/mesh (any count) and evaluates it."""
+    use_compilation_cache(cfg.get("compilation_cache_dir"))
     run = _Run(cfg, workdir)
     state, step = run.checkpointer.restore(abstract_with_shardings(run.abstract_state, run.state_sharding),
                                            step=step)
