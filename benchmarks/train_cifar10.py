@@ -101,7 +101,7 @@ PIPELINE_VARIANTS = {
 def measure_pipeline(cfg, batches: int = 100) -> dict:
     """Steady-state img/s of the config's train stream, Grain workers and host-to-device copy included (what the
     train loop's `global_batch(next(it))` costs), no model. The warm-up drains the workers' prefetch buffers first,
-    which fill while a real run compiles (the probe's `data_s` timed those and so read ~2 ms per batch)."""
+    which fill while a real run compiles (`stream_seconds`)."""
     import jax
 
     from vmamba_jax.data import train_dataset

@@ -71,7 +71,7 @@ DIRECT_STORE = os.environ.get("VMAMBA_MGPU_DIRECT_STORE", "0") == "1"
 # same error as the exact plan, fused core 1.4x faster at stage 1). VMAMBA_MGPU_APPROX_MATH=0 turns it off.
 APPROX_MATH = os.environ.get("VMAMBA_MGPU_APPROX_MATH", "1") == "1"
 # The d_states whose GPU kernel tests passed on the fast plan (approx_math, and the fused core's short-sequence tiles):
-# d_state 1 on 2026-12-01 (benchmarks/results/gpu_kernel_tests_h200.md). Others keep libdevice's exact math and the
+# d_state 1 on 2026-12-01 (benchmarks/results/gpu_kernel_tests_h200_fast_plan.md). Others keep libdevice's exact math and the
 # default tiles, on which they passed, until their tests rerun; approx_math=True still asks for it by name.
 # VMAMBA_MGPU_FAST_PLAN_D_STATES=1,16 runs benchmarks/gpu_kernel_tests.py with d_state 16 on it too.
 FAST_PLAN_D_STATES = tuple(int(v) for v in os.environ.get("VMAMBA_MGPU_FAST_PLAN_D_STATES", "1").split(",") if v)
@@ -575,7 +575,8 @@ def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_t
     default tiles a 4x4 map (CIFAR's last stage, L 16) was padded to 128 steps and its kernels took 19 of the CIFAR
     train step's 46 ms on the H200, and VMamba-T's 7x7 stage (L 49) walked 128 steps for 49. The plain scan keeps the
     default tiles: its fp32 backward on a two-tile grid at the second channel tile (L 37 and 16, C 192) stopped the
-    H200 with CUDA_ERROR_ILLEGAL_ADDRESS (benchmarks/results/gpu_kernel_tests_h200.md), as a one-tile grid did before."""
+    H200 with CUDA_ERROR_ILLEGAL_ADDRESS (benchmarks/results/gpu_kernel_tests_h200_fast_plan.md), as a one-tile grid
+    did before."""
     tl_f, tl_b = _pick_tile(FWD_SEQ_TILE, d_state), _pick_tile(BWD_SEQ_TILE, d_state)
     if min_tile is not None:
         two = max(min_tile, 1 << (max(1, math.ceil(length / 2)) - 1).bit_length())  # the power of two >= L / 2
