@@ -212,7 +212,7 @@ def test_fused_core_wrapper_check_can_fail(emulated_kernels, monkeypatch):
 
 SHARDED = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     import re, jax, jax.numpy as jnp
     from jax.sharding import AxisType, PartitionSpec as P
     from pallas_kernels.selective_scan import pallas_mosaic_gpu as mgpu

@@ -20,7 +20,7 @@ TINY = ["--config", os.path.join(ROOT, "configs", "digits.py"), "--config.model.
 
 def _env(tmp_path, devices):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}",
                JAX_COMPILATION_CACHE_DIR=str(tmp_path / f"jax_cache_{devices}"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     return env
