@@ -22,9 +22,9 @@ def make_train_step(model, tx, schedule, cfg, *, num_classes: int, state_shardin
     """Returns jitted `step(state, batch) -> (state, metrics)`; `state` is donated.
 
     batch: {"image": (B, H, W, 3) f32, "label": (B,) i32, "corrupt": (B,) i32}, B the global batch. Inside: the resize
-    to config.data.image_size (when the pipeline augments at a smaller augment_size), mixup/
-    cutmix + label smoothing (on device, keyed by the step), forward with drop path, soft-target CE, gradients
-    (accumulated over `grad_accum_steps` micro-batches with a scan), clip + AdamW, EMA.
+    to config.data.image_size (when the pipeline augments at a smaller augment_size), mixup/cutmix + label smoothing
+    (on device, keyed by the step), forward with drop path, soft-target CE, gradients (accumulated over
+    `grad_accum_steps` micro-batches with a scan), clip + AdamW, EMA.
     """
     aug, accum, ema_decay = cfg.aug, int(cfg.optim.grad_accum_steps), float(cfg.ema_decay)
     size = int(cfg.data.image_size)
