@@ -5,7 +5,7 @@
 #   SCAN_IMPL=associative bash benchmarks/gpu_suite.sh train_T   # the scan the timing stages use (default: auto)
 #   KERNEL_IMPLS=fused_mosaic_gpu D_STATES=16 KERNEL_S=240 bash benchmarks/gpu_suite.sh kernels   # a subset of tests
 #   KERNEL_START=3 ...                                    # go on from case 3 (0-2 passed before a slot ended)
-#   VMAMBA_MGPU_DIRECT_STORE=1 bash benchmarks/gpu_suite.sh kernels   # the kernels' direct_store path (CI interprets it)
+#   VMAMBA_MGPU_DIRECT_STORE=0 bash benchmarks/gpu_suite.sh kernels   # outputs through SMEM tiles instead of the default direct_store path
 #   VMAMBA_MGPU_APPROX_MATH=0 bash benchmarks/gpu_suite.sh kernels    # libdevice's exact exp / log instead of the default
 #   VMAMBA_MGPU_FAST_PLAN_D_STATES=1,16 KERNEL_IMPLS=fused_mosaic_gpu D_STATES=16 bash benchmarks/gpu_suite.sh kernels  # d16 fast plan
 #   CIFAR_EPOCHS=60 CIFAR_SET="data.image_size=64 model.kwargs.patch_size=4 model.kwargs.patchembed_version=v2 \

@@ -55,17 +55,19 @@ OFFICIAL = {  # targets.md: official oflex CUDA kernel on an H100, (fwd_ms, fwd_
 
 STAGES = [(56, 96), (28, 192), (14, 384), (7, 768)]  # VMamba-T's (map side, channels) at 224
 # Kernel variants (pallas_mosaic_gpu._Plan knobs) timed at stage 1 by --sweep, each checked against the XLA
-# reference. The checked sweep of 2026-12-01 (results/scan_sweep_h200.md) found approx_math (one-instruction exp /
-# log) right and 1.4-1.7x faster, and direct_store (y straight to GMEM) wrong on the GPU (a missing warpgroup barrier
-# before the pipeline's refill, since added: `_end_direct_tile`): so these rows vary the tiles and the unroll around
-# approx_math, and the last one checks direct_store again. The plain scan's
-# N = 1 bf16 B/C tile needs tiles of 32 or more (TMA's 128-byte copy minimum; the wrapper refuses shorter ones).
+# reference. The checked sweeps of 2026-12-01 (results/scan_sweep_h200.md) found approx_math (one-instruction exp /
+# log) right and 1.4-1.7x faster, direct_store (outputs straight to GMEM) right once each tile ends with a warpgroup
+# barrier (`_end_direct_tile`) and another 1.1-1.35x, and unroll 4 mixed (fwd+bwd 4-6% faster, the fused forward 20%
+# slower). approx_math and direct_store are now d_state 1's default; the
+# rows vary the tiles around them (direct_store needs no SMEM output tiles, so longer tiles may fit) and keep the
+# exact and the SMEM-output plans for reference. The plain scan's N = 1 bf16 B/C tile needs tiles of 32 or more
+# (TMA's 128-byte copy minimum; the wrapper refuses shorter ones).
 SWEEP = [dict(seq_tile=tf, bwd_seq_tile=tb, unroll=u, direct_store=ds, approx_math=ap) for tf, tb, u, ds, ap in [
-    (64, 32, 1, False, False), (64, 32, 1, False, True), (128, 32, 1, False, True), (32, 32, 1, False, True),
-    (64, 64, 1, False, True), (64, 32, 4, False, True), (64, 32, 1, True, True)]]
+    (64, 32, 1, False, False), (64, 32, 1, False, True), (64, 32, 1, True, True), (128, 32, 1, True, True),
+    (32, 32, 1, True, True), (64, 64, 1, True, True), (128, 64, 1, True, True)]]
 
 
-# --profile: (op, plan) pairs, the default plans (approx_math on) and the exact-math ones.
+# --profile: (op, plan) pairs, the default plans (approx_math, direct_store) and the exact-math ones.
 PROFILE_VARIANTS = [("scan", {}), ("ss2d_core", {}),
                     ("scan", dict(approx_math=False)), ("ss2d_core", dict(approx_math=False))]
 

@@ -59,9 +59,10 @@ def test_kernels_lower_for_cuda(d_state, dtype):
     assert _export_for_cuda(jax.grad(lambda *a: fused.ss2d_core(*a).sum(), tuple(range(6))), *core) == 2
     if d_state > 1:
         return  # backward tile 16 at d_state 16 needs more SMEM than an SM has (the lowering says so)
-    # The tuning variants benchmarks/scan_bench.py --sweep times: y stored straight to GMEM, other tiles, unrolled,
-    # exact exp / log (the default, approx_math, must put ex2.approx / lg2.approx in the PTX).
-    variant = lambda *a: fused.ss2d_core(*a, seq_tile=16, bwd_seq_tile=16, unroll=4, direct_store=True)  # noqa: E731
+    # The tuning variants benchmarks/scan_bench.py --sweep times: outputs through SMEM tiles and TMA stores (d_state
+    # 1's default stores straight to GMEM), other tiles, unrolled, exact exp / log (the default, approx_math, must put
+    # ex2.approx / lg2.approx in the PTX).
+    variant = lambda *a: fused.ss2d_core(*a, seq_tile=16, bwd_seq_tile=16, unroll=4, direct_store=False)  # noqa: E731
     assert _export_for_cuda(jax.grad(lambda *a: variant(*a).sum(), tuple(range(6))), *core) == 2
     exact = lambda *a: fused.ss2d_core(*a, approx_math=False)  # noqa: E731
     assert _export_for_cuda(jax.grad(lambda *a: exact(*a).sum(), tuple(range(6))), *core) == 2
@@ -101,7 +102,8 @@ def test_tiles_too_short_for_tma_are_refused_before_the_gpu_sees_them():
 
 def test_fast_plan_applies_only_where_the_gpu_checked_it():
     """Short sequences: the fused core at d_state 1 walks two tiles that cover L (a 4x4 map: 16 steps, not 128); the
-    plain scan and d_state 16 keep the default tiles, and exact math, on which their GPU tests passed."""
+    plain scan and d_state 16 keep the default tiles, and d_state 16 exact math and SMEM output tiles, on which their
+    GPU tests passed."""
     fused_min = mgpu.min_seq_tile(6, 1, 2)
     assert mgpu.plan_tiles(16, 1, min_tile=fused_min) == (8, 8, 16)
     assert mgpu.plan_tiles(49, 1, min_tile=fused_min) == (32, 32, 64)
@@ -110,6 +112,10 @@ def test_fast_plan_applies_only_where_the_gpu_checked_it():
     assert mgpu.plan_tiles(16, 1, seq_tile=32, bwd_seq_tile=32, min_tile=fused_min) == (32, 32, 64)  # asked for
     assert mgpu.resolve_approx_math(None, 1) == mgpu.APPROX_MATH
     assert not mgpu.resolve_approx_math(None, 16) and mgpu.resolve_approx_math(True, 16)
+    assert mgpu.resolve_direct_store(None, None, 1) == mgpu.DIRECT_STORE
+    assert not mgpu.resolve_direct_store(None, None, 16) and mgpu.resolve_direct_store(True, None, 16)
+    assert not mgpu.resolve_direct_store(False, None, 1)
+    assert mgpu.resolve_direct_store(False, "interpreter", 16)  # the interpreter has only the direct path
 
 
 # ------------------------------------------------------------------------------------------------ emulated kernels

@@ -50,7 +50,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     dp = mgpu.LANES * -(-d // mgpu.LANES)
     plan = mgpu._Plan(groups=k_n, source=plan_src, reverse=tuple(k >= 2 for k in directions), rank=r, d_state=n,
                       tl_fwd=tl_f, tl_bwd=tl_b, softplus=True, unroll=unroll or mgpu.UNROLL,
-                      direct_store=mgpu.resolve_direct_store(direct_store, interpret),
+                      direct_store=mgpu.resolve_direct_store(direct_store, interpret, n),
                       approx_math=mgpu.resolve_approx_math(approx_math, n), interpret=interpret)
 
     views = {0: x.reshape(b, L, d), 1: jnp.swapaxes(x, 1, 2).reshape(b, L, d)}
