@@ -110,6 +110,19 @@ def test_sigterm_saves_then_exits_and_eval_only_restores(tmp_path):
     assert result["step"] == last and result["count"] == 360 and 0 <= result["top1"] <= 100 and "ema_top1" in result
 
 
+@pytest.mark.slow
+def test_checkpoints_every_nth_evaluation_and_the_last_step(tmp_path):
+    """checkpoint.every_evals=2: of the three epoch-end evaluations (steps 44, 88, 132) the second saves, and the last
+    step always does (a short run's evaluations come every few seconds; saving at each cost it time)."""
+    run_dir = str(tmp_path / "evals")
+    rc, out = _wait(_train(tmp_path, run_dir, "--config.epochs=3", "--config.checkpoint.every_steps=0",
+                           "--config.checkpoint.every_evals=2", "--config.checkpoint.keep=5",
+                           "--config.checkpoint.keep_best=0"))
+    assert rc == 0, out[-3000:]
+    assert _finalized_steps(run_dir) == [88, 132]
+    assert [r["step"] for r in _rows(run_dir) if "eval/top1" in r] == [44, 88, 132]  # every epoch still evaluates
+
+
 def test_saving_a_step_twice_is_a_no_op(tmp_path):
     """A SIGTERM on an epoch's last step re-saves the step the epoch-end checkpoint just wrote (asynchronously):
     that must not raise Orbax's StepAlreadyExistsError and lose the preemption save's exit path."""

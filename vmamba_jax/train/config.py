@@ -89,7 +89,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1                    # >1: params + optimizer state sharded over this many devices
 
     c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 1000    # besides the end of every epoch
+    c.checkpoint.every_steps = 1000    # besides the evaluations' (below)
+    # Save with every Nth evaluation (the best checkpoint is picked among these); the last step and a SIGTERM always
+    # save. 1 for long epochs; a short run whose evaluations come every few seconds saves less often.
+    c.checkpoint.every_evals = 1
     c.checkpoint.keep = 2
     c.checkpoint.keep_best = 1
     c.checkpoint.async_save = True

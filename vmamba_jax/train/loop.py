@@ -315,7 +315,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
                    + (f" | EMA top1 {ev['ema_top1']:.2f}" if "ema_top1" in ev else "")
                    + (f" | {n_corrupt} corrupt images skipped" if n_corrupt else ""))
             _log(is_main, msg, bar)
-            ckpt.save(step, state, train_it, metrics={"top1": max(ev["top1"], ev.get("ema_top1", -1.0))})
+            if len(history) % max(1, cfg.checkpoint.every_evals) == 0 or step == run.total_steps:
+                ckpt.save(step, state, train_it, metrics={"top1": max(ev["top1"], ev.get("ema_top1", -1.0))})
             t_log, step_log = time.time(), step  # img/s measures training only, not evaluation
         elif cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
             ckpt.save(step, state, train_it)
