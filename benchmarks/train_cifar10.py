@@ -303,6 +303,7 @@ def main():
         "global_batch": cfg.global_batch, "dtype": cfg.dtype, "scan_impl": resolve_implementation(
             cfg.scan_implementation, d_state=cfg.model.kwargs.get("ssm_d_state")), "probe": info, "goal_top1": 90.0,
         "goal_minutes": 10.0, "status": summary["status"],  # "preempted": stopped by SIGTERM (a slot's timeout)
+        "seconds": summary["seconds"],  # of the training process: first step (compile), evaluations, checkpoint saves
         "command": "python benchmarks/train_cifar10.py " + " ".join(sys.argv[1:]),
     }
     os.makedirs(a.out_dir, exist_ok=True)
@@ -320,12 +321,15 @@ def main():
           f"({'probe + ' if info else ''}compile + train + evals), "
           f"{result['img_per_s'] or float('nan'):,.0f} train img/s (mean of the logged "
           f"intervals). Goal >= 90% in <= 10 min: "
-          f"{'met' if met else 'missed'}.", "", "| epoch | top-1 | top-1 EMA |", "|---|---|---|"]
+          f"{'met' if met else 'missed'}.", "",
+          "Seconds of the training process: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f}"
+                                                          for k, v in summary["seconds"].items()) + ".",
+          "", "| epoch | top-1 | top-1 EMA |", "|---|---|---|"]
     md += [f"| {r['eval/epoch']:.0f} | {r['eval/top1']:.2f} | {r.get('eval/ema_top1', float('nan')):.2f} |"
            for r in evals]
     with open(base + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
-    print("\n".join(md[:5]))
+    print("\n".join(md[:7]))
 
 
 if __name__ == "__main__":

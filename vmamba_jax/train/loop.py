@@ -281,6 +281,10 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     history, corrupt_epoch, corrupt_total = [], jnp.zeros((), jnp.int32), 0
     t_log, step_log, img_s, status, start = time.time(), step, float("nan"), "done", step
     eval_every = max(1, int(round(cfg.eval_every_epochs * run.steps_per_epoch)))
+    # Where the wall time goes besides the steps (the summary reports them): the first step (compilation), the
+    # evaluations, and the blocking part of the checkpoint saves.
+    seconds = {"first_step": 0.0, "evaluation": 0.0, "checkpoint": 0.0}
+    t_first = time.time()
 
     while step < run.total_steps:
         batch = global_batch(next(train_it), run.batch_sharding)
@@ -289,6 +293,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         if step == start + 1:  # img/s excludes compilation: the clock starts once the first step has run
             jax.block_until_ready(metrics)
             t_log, step_log = time.time(), step
+            seconds["first_step"] = t_log - t_first
         corrupt_epoch = corrupt_epoch + metrics["corrupt"]
         if step % cfg.log_every_steps == 0 or step == run.total_steps:
             m = jax.device_get(metrics)
@@ -305,7 +310,9 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         if bar is not None:
             bar.update(1)
         if step % eval_every == 0 or step == run.total_steps:
+            t_eval = time.time()
             ev = run.evaluate(state)
+            seconds["evaluation"] += time.time() - t_eval
             n_corrupt = int(jax.device_get(corrupt_epoch))
             corrupt_epoch, corrupt_total = jnp.zeros((), jnp.int32), corrupt_total + n_corrupt
             ev_row = {**ev, "corrupt_images": n_corrupt, "epoch": step / run.steps_per_epoch}
@@ -316,10 +323,14 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
                    + (f" | {n_corrupt} corrupt images skipped" if n_corrupt else ""))
             _log(is_main, msg, bar)
             if len(history) % max(1, cfg.checkpoint.every_evals) == 0 or step == run.total_steps:
+                t_save = time.time()
                 ckpt.save(step, state, train_it, metrics={"top1": max(ev["top1"], ev.get("ema_top1", -1.0))})
+                seconds["checkpoint"] += time.time() - t_save
             t_log, step_log = time.time(), step  # img/s measures training only, not evaluation
         elif cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+            t_save = time.time()
             ckpt.save(step, state, train_it)
+            seconds["checkpoint"] += time.time() - t_save
         if preempted(step):
             ckpt.save(step, state, train_it)
             status = "preempted"
@@ -332,7 +343,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
         bar.close()
     writer.close()
     summary = _summary(cfg, run, workdir, history, step, n_params, time.time() - t_start, img_s, corrupt_total,
-                       status)
+                       status, seconds)
     if is_main:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
@@ -375,7 +386,7 @@ def _log(enabled: bool, msg: str, bar=None):
         print(msg, flush=True)
 
 
-def _summary(cfg, run, workdir, history, step, n_params, wall_s, img_s, corrupt_total, status) -> dict:
+def _summary(cfg, run, workdir, history, step, n_params, wall_s, img_s, corrupt_total, status, seconds) -> dict:
     best = max(history, key=lambda h: h["top1"]) if history else {}
     best_ema = max(history, key=lambda h: h.get("ema_top1", -1)) if history else {}
     last = history[-1] if history else {}
@@ -388,6 +399,7 @@ def _summary(cfg, run, workdir, history, step, n_params, wall_s, img_s, corrupt_
         "best_top1": best.get("top1"), "best_top1_step": best.get("step"),
         "best_top1_ema": best_ema.get("ema_top1"), "best_top1_ema_step": best_ema.get("step"),
         "corrupt_images": corrupt_total, "workdir": os.path.abspath(workdir),
+        "seconds": {"total": wall_s, **seconds},  # first_step (compilation), evaluation, checkpoint (blocking part)
         "history": [{k: h[k] for k in ("step", "epoch", "top1", "top5", "ema_top1") if k in h} for h in history],
     }
 
@@ -404,6 +416,8 @@ def _format_summary(s: dict) -> str:
         f" test top-1: final {f(s['final_top1'])}  best {f(s['best_top1'])} (step {s['best_top1_step']})",
         f" EMA  top-1: final {f(s['final_top1_ema'])}  best {f(s['best_top1_ema'])} (step {s['best_top1_ema_step']})",
         f" corrupt images skipped: {s['corrupt_images']}",
+        f" seconds: first step (compile) {s['seconds']['first_step']:.0f}, evaluations {s['seconds']['evaluation']:.0f},"
+        f" checkpoint saves {s['seconds']['checkpoint']:.0f} of {s['seconds']['total']:.0f}",
         f" logs + checkpoints: {s['workdir']}  (metrics.jsonl, tensorboard/, checkpoints/, config.json)",
         "=" * 72,
     ]
