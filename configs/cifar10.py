@@ -21,7 +21,8 @@ Measured (H200, jax 0.11.2, 2026-12-01), benchmarks/results/cifar10_h200*.md. Go
   32x32 input, non-overlapping 2x2 patch stem, 50 epochs: 86.27% in 7.43 min (cifar10_h200_rand32.md);
   crop + flip only: 86.55% at 46 of 50 epochs, overfit (cifar10_h200_cropflip.md).
 Not yet measured on the GPU: this config as it stands (checkpoint.every_evals 10, the direct_store kernels: fused core
-1.2-1.35x faster at stage 1, benchmarks/results/scan_sweep_h200.md), which should fit the 100 epochs.
+1.17x (forward) to 1.35x (forward+backward) faster at stage 1, benchmarks/results/scan_sweep_h200.md), which
+should fit the 100 epochs in the slot.
 """
 
 from vmamba_jax.train.config import default_config
