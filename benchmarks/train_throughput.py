@@ -33,9 +33,9 @@ MODELS = {"T": ("vmamba_tiny_s1l8", 1050), "S": ("vmamba_small_s1l20", 680), "B"
           "S_s2l15": ("vmamba_small_s2l15", 525), "B_s2l15": ("vmamba_base_s2l15", 413)}
 
 
-def setup_train_step(name: str, batch: int, impl: str | None, resolution: int, dtype: str):
+def setup_train_step(name: str, batch: int, impl: str | None, resolution: int, dtype: str, scan_blocks: bool = False):
     """(step, state, batch, model): train.py's jitted step for `name` with the official recipe, its initial state and
-    one synthetic on-device batch."""
+    one synthetic on-device batch. scan_blocks: each stage's blocks as one nn.scan (`VSSLayer.scan_blocks`)."""
     import jax
     import jax.numpy as jnp
 
@@ -48,6 +48,7 @@ def setup_train_step(name: str, batch: int, impl: str | None, resolution: int, d
 
     cfg = default_config()  # the official recipe: mixup/cutmix, smoothing, clip 5, AdamW, EMA 0.9999
     cfg.model.name, cfg.dtype, cfg.scan_implementation = name, dtype, impl
+    cfg.scan_blocks = scan_blocks
     model = build_model(cfg, 1000)
     sample = jnp.zeros((1, resolution, resolution, 3))
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sample)["params"])
@@ -65,7 +66,8 @@ def setup_train_step(name: str, batch: int, impl: str | None, resolution: int, d
     return step, state, make(k1, k2), model
 
 
-def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, resolution: int, dtype: str) -> dict:
+def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, resolution: int, dtype: str,
+            scan_blocks: bool = False) -> dict:
     """Train-step throughput of `name`: compile, first step, warm-up, then, in this process' turn on the GPU
     (`benchmarks.common.run_in_turns`), `steps` timed steps."""
     import jax
@@ -73,7 +75,7 @@ def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, re
     from benchmarks.common import wait_for_turn
     from pallas_kernels.ss2d import resolve_implementation
 
-    step, state, data, model = setup_train_step(name, batch, impl, resolution, dtype)
+    step, state, data, model = setup_train_step(name, batch, impl, resolution, dtype, scan_blocks)
     # Compile time in three parts, to see where minutes go: tracing + lowering (Python, Pallas kernel lowering), XLA's
     # compile (or the persistent cache's load), and the first step beyond a steady one (work deferred to the first
     # call, e.g. compiling Mosaic GPU kernels, which the XLA cache does not hold).
@@ -141,12 +143,15 @@ def main():
                    help="an earlier train_throughput_<device>.json: keep its rows for the models not re-run here")
     p.add_argument("--impl", default=None,
                    help="scan implementation tried first (default: auto); 'associative' is the fallback")
+    p.add_argument("--scan_blocks", action="store_true",
+                   help="each stage's blocks as one nn.scan (fewer ops to compile); writes train_throughput_<device>"
+                        "_scan_blocks.{json,md}")
     a = p.parse_args()
     from benchmarks.common import commands_md, device_tag, merge_records, run_in_turns, use_compilation_cache
 
     use_compilation_cache()  # a retry, or a second call on a warm machine, loads XLA's executables
     if a.one:
-        res = measure(a.one, a.batch, a.steps, a.warmup, a.impl, a.resolution, a.dtype)
+        res = measure(a.one, a.batch, a.steps, a.warmup, a.impl, a.resolution, a.dtype, a.scan_blocks)
         print("RESULT " + json.dumps(res))
         return
 
@@ -157,7 +162,7 @@ def main():
     def child(name, impl):
         cmd = [sys.executable, __file__, "--one", name, "--batch", str(a.batch), "--steps", str(a.steps),
                "--warmup", str(a.warmup), "--dtype", a.dtype, "--resolution", str(a.resolution)]
-        return cmd + (["--impl", impl] if impl else [])
+        return cmd + (["--impl", impl] if impl else []) + (["--scan_blocks"] if a.scan_blocks else [])
 
     def result(log):
         lines = [ln for ln in open(log).read().splitlines() if ln.startswith("RESULT ")]
@@ -175,7 +180,7 @@ def main():
     rows = []
     for key, name, log, turn in zip(keys, names, logs, turns):
         row = {"model": name, "batch": a.batch, "resolution": a.resolution, "dtype": a.dtype,
-               "turn": dict(turn, parallel=len(names))}
+               "scan_blocks": a.scan_blocks, "turn": dict(turn, parallel=len(names))}
         res = result(log)
         if res:
             row.update(res)
@@ -203,13 +208,15 @@ def main():
         print(json.dumps({k: v for k, v in row.items() if not k.startswith("error")}), flush=True)
 
     rows = merge_records(a.merge, rows, measured=lambda r: "img_per_s" in r)
-    base = os.path.join(a.out_dir, f"train_throughput_{tag}")
+    base = os.path.join(a.out_dir, f"train_throughput_{tag}" + ("_scan_blocks" if a.scan_blocks else ""))
     with open(base + ".json", "w") as f:
         json.dump(rows, f, indent=2)
     md = [f"# Training throughput, {kind}, jax {jax.__version__}, {datetime.date.today().isoformat()}", "",
           f"Batch {a.batch} at {a.resolution}x{a.resolution}, {a.dtype} compute, fp32 params; full train step "
           "(mixup/cutmix, drop path, soft-target CE, backward, clip 5, AdamW, EMA); synthetic on-device batches; "
-          f"{a.warmup} warm-up then {a.steps} timed steps.", "", *commands_md(rows), "",
+          f"{a.warmup} warm-up then {a.steps} timed steps"
+          + ("; each stage's blocks as one nn.scan (scan_blocks)" if a.scan_blocks else "") + ".", "",
+          *commands_md(rows), "",
           "| model | img/s | official (PyTorch, H100) | speedup | goal 1.3x | peak GiB | scan impl | compile s |",
           "|---|---|---|---|---|---|---|---|"]
     md += [table_row(r) for r in rows]

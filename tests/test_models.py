@@ -144,6 +144,43 @@ def test_remat_gives_the_same_gradients(tiny_variables):
         assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), np.abs(a - b).max() / np.abs(b).max()
 
 
+def test_scanned_blocks_compute_the_same_function():
+    """scan_blocks=True (one nn.scan per stage over stacked block parameters): the same logits and, unstacked, the
+    same gradients as the per-block model from the same weights; its own init has stack_blocks' layout; drop path and
+    remat still work inside the scan."""
+    from vmamba_jax.models.vmamba import stack_blocks, unstack_blocks
+
+    kw = dict(dims=(16, 32), depths=(2, 3), num_classes=7, drop_path_rate=0.3)
+    plain = vmamba_jax.create_model("vmamba_tiny_s1l8", **kw)
+    scanned = vmamba_jax.create_model("vmamba_tiny_s1l8", scan_blocks=True, **kw)
+    x = jax.random.normal(jax.random.key(1), (2, 24, 20, 3))
+    params = jax.jit(plain.init)(jax.random.key(0), x)["params"]
+    stacked = stack_blocks(params)
+    assert "blocks_1" in params["layers_1"] and stacked["layers_1"]["blocks"]["block"]["norm"]["scale"].shape == (3, 32)
+    own = jax.eval_shape(scanned.init, jax.random.key(0), x)["params"]
+    assert jax.tree.map(lambda a: a.shape, own) == jax.tree.map(lambda a: a.shape, stacked)
+    jax.tree.map(np.testing.assert_array_equal, unstack_blocks(stacked), params)
+    # official checkpoints: the per-block keys convert into the stacked layout and back
+    from vmamba_jax.convert import to_torch_state_dict
+
+    official = to_torch_state_dict({"params": params})
+    assert "layers.1.blocks.2.op.in_proj.weight" in official
+    jax.tree.map(np.testing.assert_array_equal, to_torch_state_dict({"params": stacked}), official)
+    jax.tree.map(np.testing.assert_array_equal, load_torch_checkpoint(official, scanned)["params"], stacked)
+
+    logits = lambda m, p: jax.jit(m.apply)({"params": p}, x)  # noqa: E731
+    ref = logits(plain, params)
+    np.testing.assert_allclose(logits(scanned, stacked), ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+    grad = lambda m, p: jax.jit(jax.grad(lambda p: m.apply({"params": p}, x).sum()))(p)  # noqa: E731
+    for a, b in zip(jax.tree.leaves(unstack_blocks(grad(scanned, stacked))), jax.tree.leaves(grad(plain, params))):
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), np.abs(a - b).max() / np.abs(b).max()
+
+    train = jax.jit(lambda p, key: scanned.clone(use_checkpoint=True).apply(
+        {"params": p}, x, train=True, rngs={"dropout": key}))
+    a, b = train(stacked, jax.random.key(1)), train(stacked, jax.random.key(2))
+    assert np.isfinite(a).all() and not np.allclose(a, b)
+
+
 def test_backbone_returns_normalised_pre_downsample_features():
     kw = dict(dims=16, depths=(1, 1, 1, 1))
     backbone = vmamba_jax.create_model("vmamba_tiny_s1l8", features_only=True, out_indices=(0, 2, 3), **kw)

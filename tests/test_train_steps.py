@@ -53,3 +53,11 @@ def test_grad_accumulation_matches_full_batch_and_ema():
     np.testing.assert_allclose(out[2][1], out[1][1], rtol=1e-4)
     for a, b in zip(jax.tree.leaves(out[2][2]), jax.tree.leaves(out[1][2])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_scan_blocks_knob_reaches_the_model():
+    """config.scan_blocks builds the VSSM with scanned stages (VSSLayer.scan_blocks); off by default."""
+    cfg = default_config()
+    assert not build_model(cfg, 10).scan_blocks
+    cfg.scan_blocks = True
+    assert build_model(cfg, 10).scan_blocks

@@ -233,6 +233,12 @@ def load_torch_checkpoint(source, model: nn.Module, *, ema: bool = False, exclud
     Raises:
       CheckpointMismatchError: listing every missing, unexpected and mis-shaped key, with likely causes.
     """
+    if getattr(model, "scan_blocks", False):  # official keys name the blocks one by one: convert, then stack
+        from vmamba_jax.models.vmamba import stack_blocks
+
+        variables = load_torch_checkpoint(source, model.clone(scan_blocks=False), ema=ema, exclude=exclude,
+                                          ignore_unexpected=ignore_unexpected, rng=rng)
+        return {"params": stack_blocks(variables["params"])}
     # Models with other naming schemes (the timm baselines) set their own `torch_legacy_renames` (e.g. none), and
     # list the non-parameter buffers they recompute themselves (e.g. Swin's relative_position_index) in
     # `torch_buffers`: those are dropped, not loaded.
@@ -273,10 +279,13 @@ def load_torch_checkpoint(source, model: nn.Module, *, ema: bool = False, exclud
 def to_torch_state_dict(variables, model: nn.Module | None = None) -> dict[str, np.ndarray]:
     """Flax variables -> official state_dict {key: numpy array} (exact inverse of `load_torch_checkpoint`).
 
-    `model` is accepted for symmetry with `load_torch_checkpoint`; the mapping needs only the parameter tree.
+    `model` is accepted for symmetry with `load_torch_checkpoint`; the mapping needs only the parameter tree (a
+    `scan_blocks` model's stacked blocks are unstacked into the official per-block keys).
     """
     del model
-    params = variables.get("params", variables)
+    from vmamba_jax.models.vmamba import unstack_blocks
+
+    params = unstack_blocks(variables.get("params", variables))
     return {torch_key(p): np.ascontiguousarray(to_torch_array(p, np.asarray(v)))
             for p, v in flatten_dict(params).items()}
 

@@ -148,14 +148,15 @@ def activation(name: str) -> Callable:
 class DropPath(nn.Module):
     """Stochastic depth (timm 0.4.12 `drop_path`): per-sample Bernoulli keep mask, kept samples scaled by 1/keep.
 
-    Uses the "dropout" RNG stream; each call draws an independent mask.
+    Uses the "dropout" RNG stream; each call draws an independent mask. `rate` may be a traced scalar (the blocks
+    of a scanned stage, `VSSLayer.scan_blocks`, each get their own): then a zero rate still draws a (full) mask.
     """
 
-    rate: float
+    rate: Any
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        if deterministic or self.rate == 0.0:
+        if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
             return x
         keep = 1.0 - self.rate
         mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))

@@ -15,6 +15,7 @@ Shapes for VMamba-T at 224 (x: (N, 224, 224, 3)):
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -160,11 +161,31 @@ class VSSBlock(nn.Module):
         return x
 
 
+class _ScannedBlock(nn.Module):
+    """One step of a scanned stage: (x, this block's drop-path rate) -> (x, None), for `nn.scan`."""
+
+    block: Any
+    dim: int
+    block_kwargs: Any
+    train: bool
+    dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array, drop_path: jax.Array) -> tuple[jax.Array, None]:
+        return self.block(self.dim, drop_path=drop_path, dtype=self.dtype, name="block",
+                          **dict(self.block_kwargs or ()))(x, self.train), None
+
+
 class VSSLayer(nn.Module):
     """One stage (official `layers[i]`): `blocks` then an optional `downsample`.
 
     Returns (blocks output, downsampled output); the first is what the backbone exposes, the second feeds the next
     stage (equal when there is no downsample).
+
+    `scan_blocks`: the stage's blocks as one `nn.scan` over stacked parameters (MaxText's scan_layers), so XLA
+    compiles one block per stage instead of `depth`. Parameters then live under `blocks/block/...` with a leading
+    (depth,) axis, not `blocks_{j}/...`; `stack_blocks` / `unstack_blocks` convert between the two (official
+    checkpoints convert to the unstacked layout). The function is the same; training draws other drop-path masks.
     """
 
     dim: int
@@ -175,17 +196,55 @@ class VSSLayer(nn.Module):
     use_checkpoint: bool = False
     dtype: Dtype = jnp.float32
     block: Any = None         # the block class (default VSSBlock; MSVMamba passes its MS3 block)
+    scan_blocks: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         block = self.block or VSSBlock
         block_cls = nn.remat(block, static_argnums=(2,)) if self.use_checkpoint else block
         kwargs = dict(self.block_kwargs or ())
-        for j, dp in enumerate(self.drop_paths):
-            x = block_cls(self.dim, drop_path=dp, dtype=self.dtype, name=f"blocks_{j}", **kwargs)(x, train)
+        if self.scan_blocks:
+            blocks = nn.scan(_ScannedBlock, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                             in_axes=0, length=len(self.drop_paths))
+            x, _ = blocks(block_cls, self.dim, self.block_kwargs, train, self.dtype, name="blocks")(
+                x, jnp.asarray(self.drop_paths, jnp.float32))
+        else:
+            for j, dp in enumerate(self.drop_paths):
+                x = block_cls(self.dim, drop_path=dp, dtype=self.dtype, name=f"blocks_{j}", **kwargs)(x, train)
         if self.downsample_version == "none":
             return x, x
         return x, make_downsample(self.downsample_version, self.dim, self.out_dim, self.dtype)(x)
+
+
+def _block_names(stage: dict) -> list[str]:
+    return sorted((k for k in stage if re.fullmatch(r"blocks_\d+", k)), key=lambda k: int(k.split("_")[1]))
+
+
+def stack_blocks(params: dict) -> dict:
+    """Params of a model with per-block subtrees (`layers_{i}/blocks_{j}`, the official layout) -> the `scan_blocks`
+    layout (`layers_{i}/blocks/block`, each leaf stacked along a new leading (depth,) axis)."""
+    def stage(tree):
+        names = _block_names(tree)
+        if not names:
+            return tree
+        out = {k: v for k, v in tree.items() if k not in names}
+        out["blocks"] = {"block": jax.tree.map(lambda *leaves: jnp.stack(leaves), *[tree[k] for k in names])}
+        return out
+    return {k: stage(v) if k.startswith("layers_") else v for k, v in params.items()}
+
+
+def unstack_blocks(params: dict) -> dict:
+    """The inverse of `stack_blocks`: `scan_blocks` params -> per-block subtrees (what the converter and the
+    official checkpoints use)."""
+    def stage(tree):
+        if "blocks" not in tree:
+            return tree
+        stacked = tree["blocks"]["block"]
+        depth = jax.tree.leaves(stacked)[0].shape[0]
+        out = {k: v for k, v in tree.items() if k != "blocks"}
+        out.update({f"blocks_{j}": jax.tree.map(lambda a, j=j: a[j], stacked) for j in range(depth)})
+        return out
+    return {k: stage(v) if k.startswith("layers_") else v for k, v in params.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -227,6 +286,7 @@ class VSSM(nn.Module):
     downsample_version: str = "v2"
     patchembed_version: str = "v1"
     use_checkpoint: bool = False
+    scan_blocks: bool = False  # not official: each stage's blocks as one nn.scan (compile time; see VSSLayer)
     posembed: bool = False
     imgsize: int = 224
     dtype: Dtype = jnp.float32
@@ -300,7 +360,7 @@ class VSSM(nn.Module):
             layer = VSSLayer(dims[i], dims[i] if last else dims[i + 1], tuple(dpr[start:start + depth]),
                              downsample_version="none" if last else self.downsample_version,
                              block_kwargs=self.block_kwargs(), use_checkpoint=self.use_checkpoint,
-                             dtype=self.dtype, block=self.block, name=f"layers_{i}")
+                             dtype=self.dtype, block=self.block, scan_blocks=self.scan_blocks, name=f"layers_{i}")
             start += depth
             feat, out = layer(x, train)
             x = self.stage_shortcut(i, x, out)

@@ -26,6 +26,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.num_classes = config_dict.placeholder(int)  # None: the number of classes in the data
     c.dtype = "bfloat16"                                # compute dtype; params, scan math and norms stay fp32
     c.remat = False                                     # rematerialise each block (VSSM use_checkpoint)
+    # Each stage's blocks as one nn.scan over stacked parameters (VSSLayer.scan_blocks): XLA compiles one block per
+    # stage. Checkpoints then hold the stacked layout; official weights convert into it.
+    c.scan_blocks = False
     c.scan_implementation = config_dict.placeholder(str)  # None = auto (best available on the backend)
     # JAX's persistent compilation cache: a restarted run (preemption, a crash) loads its compiled train and eval
     # steps instead of compiling them again (minutes for VMamba-S/B on a GPU). "" turns it off;

@@ -83,6 +83,8 @@ def build_model(cfg, num_classes: int):
     kwargs = dict(cfg.model.kwargs)
     kwargs.update(num_classes=num_classes, dtype=jnp.dtype(cfg.dtype), use_checkpoint=bool(cfg.remat),
                   scan_implementation=cfg.scan_implementation or None)
+    if cfg.get("scan_blocks"):  # a VSSM field: passed only when on
+        kwargs["scan_blocks"] = True
     return create_model(cfg.model.name, **kwargs)
 
 
@@ -416,8 +418,9 @@ def _format_summary(s: dict) -> str:
         f" test top-1: final {f(s['final_top1'])}  best {f(s['best_top1'])} (step {s['best_top1_step']})",
         f" EMA  top-1: final {f(s['final_top1_ema'])}  best {f(s['best_top1_ema'])} (step {s['best_top1_ema_step']})",
         f" corrupt images skipped: {s['corrupt_images']}",
-        f" seconds: first step (compile) {s['seconds']['first_step']:.0f}, evaluations {s['seconds']['evaluation']:.0f},"
-        f" checkpoint saves {s['seconds']['checkpoint']:.0f} of {s['seconds']['total']:.0f}",
+        f" seconds: first step (compile) {s['seconds']['first_step']:.0f}, evaluations"
+        f" {s['seconds']['evaluation']:.0f}, checkpoint saves {s['seconds']['checkpoint']:.0f} of"
+        f" {s['seconds']['total']:.0f}",
         f" logs + checkpoints: {s['workdir']}  (metrics.jsonl, tensorboard/, checkpoints/, config.json)",
         "=" * 72,
     ]
