@@ -12,6 +12,7 @@
 #       aug.crop_padding=8" bash benchmarks/gpu_suite.sh cifar10      # a recipe variant, no config edit
 #   TRAIN_S=300 BREAKDOWN=model,xla_dwconv_grad BREAKDOWN_S=240 bash benchmarks/gpu_suite.sh train_T breakdown
 #   TRAIN_S=500 bash benchmarks/gpu_suite.sh train_S+B      # two models, compiled in parallel, timed in turns
+#   SCAN_BLOCKS=1 TRAIN_S=300 bash benchmarks/gpu_suite.sh train_T   # each stage's blocks as one nn.scan: compile time
 #   TRAIN_MERGE=benchmarks/results/train_throughput_h200.json TRAIN_S=400 bash benchmarks/gpu_suite.sh train_B
 #       # one more row for the committed table (DERIV_MERGE likewise): S/B-sized models compile for ~5 minutes, so
 #       # a table is filled over several calls
@@ -80,7 +81,7 @@ for s in "$@"; do
               # train_T+S+B: one invocation, the three models compiled in parallel, then timed in turns (run_in_turns).
               stage "$s" $((${TRAIN_S:-400} + 20)) python3 benchmarks/train_throughput.py --models "$(echo "${s#train_}" | tr + ,)" \
                 --steps 10 --warmup 3 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --timeout_s "${TRAIN_S:-400}" --budget_s "${TRAIN_S:-400}" \
-                ${TRAIN_MERGE:+--merge "$TRAIN_MERGE"} --out_dir "$RES" ;;
+                ${TRAIN_MERGE:+--merge "$TRAIN_MERGE"} ${SCAN_BLOCKS:+--scan_blocks} --out_dir "$RES" ;;
     profile)  stage profile "${PROFILE_S:-240}" python3 benchmarks/profile_step.py --model "${PROFILE_MODEL:-T}" \
                 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --out_dir "$RES" ;;
     scanprof) # stage-1 scan and fused core: wall vs traced device time, split per op (command buffers off)
