@@ -202,13 +202,13 @@ class VSSLayer(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         block = self.block or VSSBlock
         block_cls = nn.remat(block, static_argnums=(2,)) if self.use_checkpoint else block
-        kwargs = dict(self.block_kwargs or ())
         if self.scan_blocks:
             blocks = nn.scan(_ScannedBlock, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                              in_axes=0, length=len(self.drop_paths))
             x, _ = blocks(block_cls, self.dim, self.block_kwargs, train, self.dtype, name="blocks")(
                 x, jnp.asarray(self.drop_paths, jnp.float32))
         else:
+            kwargs = dict(self.block_kwargs or ())
             for j, dp in enumerate(self.drop_paths):
                 x = block_cls(self.dim, drop_path=dp, dtype=self.dtype, name=f"blocks_{j}", **kwargs)(x, train)
         if self.downsample_version == "none":

@@ -288,6 +288,11 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
     seconds = {"first_step": 0.0, "evaluation": 0.0, "checkpoint": 0.0}
     t_first = time.time()
 
+    def save(**metrics):  # a checkpoint of this step, its blocking part timed
+        t_save = time.time()
+        ckpt.save(step, state, train_it, **metrics)
+        seconds["checkpoint"] += time.time() - t_save
+
     while step < run.total_steps:
         batch = global_batch(next(train_it), run.batch_sharding)
         state, metrics = train_step(state, batch)
@@ -325,16 +330,12 @@ def train_and_evaluate(cfg, workdir: str) -> dict:
                    + (f" | {n_corrupt} corrupt images skipped" if n_corrupt else ""))
             _log(is_main, msg, bar)
             if len(history) % max(1, cfg.checkpoint.every_evals) == 0 or step == run.total_steps:
-                t_save = time.time()
-                ckpt.save(step, state, train_it, metrics={"top1": max(ev["top1"], ev.get("ema_top1", -1.0))})
-                seconds["checkpoint"] += time.time() - t_save
+                save(metrics={"top1": max(ev["top1"], ev.get("ema_top1", -1.0))})
             t_log, step_log = time.time(), step  # img/s measures training only, not evaluation
         elif cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
-            t_save = time.time()
-            ckpt.save(step, state, train_it)
-            seconds["checkpoint"] += time.time() - t_save
+            save()
         if preempted(step):
-            ckpt.save(step, state, train_it)
+            save()
             status = "preempted"
             _log(is_main, f"SIGTERM: saved checkpoint at step {step}; exiting", bar)
             break
