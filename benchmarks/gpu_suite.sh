@@ -92,9 +92,11 @@ for s in "$@"; do
     cifarpipe) # the CIFAR-10 train stream alone (Grain workers + host-to-device copy), per input variant: img/s
               stage cifarpipe "${CIFARPIPE_S:-150}" python3 benchmarks/train_cifar10.py --data_dir .data --pipeline \
                 ${CIFAR_SET:+--set $CIFAR_SET} --out_dir "$RES" ;;
-    scan)     stage scan 150 python3 benchmarks/scan_bench.py --impls "${SCAN_IMPLS:-pallas_mosaic_gpu}" \
+    scan)     # SCAN_IMPLS: a comma list of selective_scan implementations (the SS2D core rows time every core)
+              stage scan 150 python3 benchmarks/scan_bench.py --impls "${SCAN_IMPLS:-pallas_mosaic_gpu}" \
                 --skip-model --out "$RES/scan.json" ;;
-    cifar10)  # CIFAR_EPOCHS: skip the probe (~100 s of compiling a step the run compiles again) and train that many;
+    cifar10)  # CIFAR_EPOCHS: skip the probe (~80 s of compiling a step the run compiles again) and train that many
+              # (CIFAR_EPOCHS=128: the config's epochs, the measured 8.2-minute run in cifar10_h200.md);
               # CIFAR_SET: config overrides (space-separated key=value) for trying a recipe without editing the config
               stage cifar10 "${CIFAR_S:-575}" python3 benchmarks/train_cifar10.py --data_dir .data \
                 --budget_minutes "${CIFAR_MIN:-9}" ${CIFAR_EPOCHS:+--epochs "$CIFAR_EPOCHS"} \
