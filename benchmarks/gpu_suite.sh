@@ -84,8 +84,10 @@ for s in "$@"; do
                 ${TRAIN_MERGE:+--merge "$TRAIN_MERGE"} ${SCAN_BLOCKS:+--scan_blocks} --out_dir "$RES" ;;
     profile)  stage profile "${PROFILE_S:-240}" python3 benchmarks/profile_step.py --model "${PROFILE_MODEL:-T}" \
                 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --out_dir "$RES" ;;
-    scanprof) # stage-1 scan and fused core: wall vs traced device time, split per op (command buffers off)
-              stage scanprof "${SCANPROF_S:-200}" python3 benchmarks/scan_bench.py --profile --out "$RES/scan_profile.json" ;;
+    scanprof) # a stage's scan and fused core (SCANPROF_MAP: 56 (default), 28, 14 or 7): wall vs traced device time,
+              # split per op (command buffers off)
+              stage scanprof "${SCANPROF_S:-200}" python3 benchmarks/scan_bench.py --profile \
+                --profile-map "${SCANPROF_MAP:-56}" --out "$RES/scan_profile${SCANPROF_MAP:+_$SCANPROF_MAP}.json" ;;
     cifarprof) # configs/cifar10.py's own train step, traced: where its ~46 ms per 512 images go
               stage cifarprof "${CIFARPROF_S:-200}" python3 benchmarks/train_cifar10.py --data_dir .data --profile \
                 ${CIFAR_SET:+--set $CIFAR_SET} --out_dir "$RES" ;;

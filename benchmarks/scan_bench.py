@@ -158,7 +158,7 @@ def bench_ss2d(impl, b, hw, d, n, dtype_name, **kernel_kwargs):
 
 
 def profile_case(op_name, b, hw, d, dtype_name, reps=10, **kernel_kwargs):
-    """Where the stage-1 time goes: a jax.profiler trace of `reps` calls of the forward and of the forward+backward,
+    """Where a stage's time goes: a jax.profiler trace of `reps` calls of the forward and of the forward+backward,
     device milliseconds per call by category (the Mosaic GPU kernels against XLA's fusions and copies) and top ops.
     op_name: "scan" (the plain op, channel-major in and out, K = 4) or "ss2d_core" (the fused core); N = 1."""
     from profile_step import trace_ops
@@ -182,8 +182,10 @@ def profile_md(records: list[dict]) -> str:
     if not prof:
         return "# Scan profile\n\nNo profile records.\n"
     r0 = prof[0]
-    lines = [f"# Stage-1 scan and SS2D core profile, {r0['device']}, jax {r0['jax_version']}, {r0['date']}", "",
-             f"Command: `{r0.get('command', '?')}`. B 128, K 4, C 96, N 1, L 3136 (56x56), bf16. Wall: median of 20 "
+    side = int(round(r0["L"] ** 0.5))
+    lines = [f"# Scan and SS2D core profile at {side}x{side}, {r0['device']}, jax {r0['jax_version']}, {r0['date']}", "",
+             f"Command: `{r0.get('command', '?')}`. B {r0['B']}, K {r0['K']}, C {r0['C']}, N {r0['N']}, L {r0['L']} "
+             f"({side}x{side}), {r0['dtype']}. Wall: median of 20 "
              "synchronised calls; device: the traced GPU time per call (10 calls), summed per HLO op and category.", "",
              "| op / plan | part | wall ms | device ms | device ms by category | errors |", "|---|---|---|---|---|---|"]
     for r in records:
@@ -220,6 +222,9 @@ def main():
     p.add_argument("--profile", action="store_true",
                    help="only trace the stage-1 (bf16) plain scan and fused core, default and PROFILE_VARIANTS plans: "
                         "device time per op category")
+    p.add_argument("--profile-map", type=int, default=56, choices=[hw for hw, _ in STAGES],
+                   help="--profile at this VMamba-T stage (map side; its channels from STAGES): 14 is where the "
+                        "fused core's forward+backward lost to the plain kernel's composition (results/scan_h200.md)")
     p.add_argument("--ss2d-impls", default="fused_mosaic_gpu,pallas_mosaic_gpu,associative",
                    help="SS2D cores timed at VMamba-T's four stages (those not supported here are skipped)")
     args = p.parse_args()
@@ -243,10 +248,11 @@ def main():
         print(kind, json.dumps(rec), flush=True)
 
     if args.profile:
-        stage1 = dict(B=128, K=4, C=96, N=1, L=3136, dtype="bf16")
+        hw, c = args.profile_map, dict(STAGES)[args.profile_map]
+        stage = dict(B=128, K=4, C=c, N=1, L=hw * hw, dtype="bf16")
         for op_name, kw in PROFILE_VARIANTS:
-            run("profile", f"{op_name}/mosaic_gpu{kw}", stage1,
-                lambda: dict(profile=profile_case(op_name, 128, 56, 96, "bf16", **kw)))
+            run("profile", f"{op_name}/mosaic_gpu{kw}", stage,
+                lambda: dict(profile=profile_case(op_name, 128, hw, c, "bf16", **kw)))
         impls, args.skip_model = [], True
     if args.sweep:
         stage1 = dict(B=128, K=4, C=96, N=1, L=3136, dtype="bf16")
