@@ -178,6 +178,18 @@ def commands_md(rows: list[dict], key: str = "model") -> list[str]:
     return ["Commands:"] + [f"- {', '.join(names)}: `{cmd}`" for cmd, names in by_cmd.items()]
 
 
+def scan_impl_name(implementation, model) -> str:
+    """What `implementation` (one name, or one per stage) resolves to for `model` on this platform: one name, or a
+    comma list of one per stage when the stages differ (results record what ran, not "auto")."""
+    from pallas_kernels.ss2d import resolve_implementation
+    from vmamba_jax.models.vmamba import stage_scan_implementations
+
+    d_state = getattr(model, "ssm_d_state", None)
+    names = [resolve_implementation(s, d_state=d_state)
+             for s in stage_scan_implementations(implementation, len(getattr(model, "depths", (0,))))]
+    return names[0] if len(set(names)) == 1 else ",".join(names)
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 

@@ -13,6 +13,8 @@
 #   TRAIN_S=300 BREAKDOWN=model,xla_dwconv_grad BREAKDOWN_S=240 bash benchmarks/gpu_suite.sh train_T breakdown
 #   TRAIN_S=500 bash benchmarks/gpu_suite.sh train_S+B      # two models, compiled in parallel, timed in turns
 #   SCAN_BLOCKS=1 TRAIN_S=300 bash benchmarks/gpu_suite.sh train_T   # each stage's blocks as one nn.scan: compile time
+#   SCAN_IMPL=auto,auto,pallas_mosaic_gpu,pallas_mosaic_gpu TRAIN_S=300 bash benchmarks/gpu_suite.sh train_T
+#       # one implementation per stage (the plain kernel where the fused core's backward loses: scan_h200.md)
 #   TRAIN_MERGE=benchmarks/results/train_throughput_h200.json TRAIN_S=400 bash benchmarks/gpu_suite.sh train_B
 #       # one more row for the committed table (DERIV_MERGE likewise): S/B-sized models compile for ~5 minutes, so
 #       # a table is filled over several calls

@@ -19,9 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import device_name, environment, median, time_fn, write_results
+from benchmarks.common import device_name, environment, median, scan_impl_name, time_fn, write_results
 import vmamba_jax
-from pallas_kernels.ss2d import resolve_implementation
 
 # Official PyTorch VMamba on an H100, bf16 autocast inference, batch 128, 224 (spec/targets.md).
 OFFICIAL_BF16_IMG_S = {"vmamba_tiny_s1l8": 2846, "vmamba_small_s1l20": 1945, "vmamba_base_s1l20": 1552,
@@ -44,7 +43,7 @@ def bench(name: str, impl: str, batch: int, resolution: int, dtype, repeats: int
     times = time_fn(call, warmup=3, repeats=repeats)
     t = median(times)
     return dict(model=name, batch=batch, resolution=resolution, dtype=jnp.dtype(dtype).name,
-                impl=resolve_implementation(impl, d_state=getattr(model, "ssm_d_state", None)),
+                impl=scan_impl_name(impl, model),
                 ms_per_batch=t * 1e3, img_per_s=batch / t,
                 official_img_per_s=OFFICIAL_BF16_IMG_S.get(name),
                 vs_official=(batch / t) / OFFICIAL_BF16_IMG_S[name] if name in OFFICIAL_BF16_IMG_S else None,

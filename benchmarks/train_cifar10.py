@@ -285,10 +285,10 @@ def main():
     rows = [json.loads(line) for line in open(os.path.join(a.workdir, "metrics.jsonl"))]
     evals = [r for r in rows if "eval/top1" in r]
     train_rows = [r for r in rows if math.isfinite(r.get("train/img_per_s", float("nan")))]
-    from benchmarks.common import device_tag
+    from benchmarks.common import device_tag, scan_impl_name
+    from vmamba_jax.train.loop import build_model
 
     kind, tag = device_tag()
-    from pallas_kernels.ss2d import resolve_implementation
 
     result = {
         "model": f"{cfg.model.name} dims={list(cfg.model.kwargs.dims)} depths={list(cfg.model.kwargs.depths)} "
@@ -300,8 +300,8 @@ def main():
         "best_top1_ema": summary["best_top1_ema"], "minutes": minutes,
         "img_per_s": sum(r["train/img_per_s"] for r in train_rows) / len(train_rows) if train_rows else None,
         "device": kind, "jax_version": jax.__version__, "date": datetime.date.today().isoformat(),
-        "global_batch": cfg.global_batch, "dtype": cfg.dtype, "scan_impl": resolve_implementation(
-            cfg.scan_implementation, d_state=cfg.model.kwargs.get("ssm_d_state")), "probe": info, "goal_top1": 90.0,
+        "global_batch": cfg.global_batch, "dtype": cfg.dtype, "scan_impl": scan_impl_name(
+            cfg.scan_implementation, build_model(cfg, num_classes=10)), "probe": info, "goal_top1": 90.0,
         "goal_minutes": 10.0, "status": summary["status"],  # "preempted": stopped by SIGTERM (a slot's timeout)
         "seconds": summary["seconds"],  # of the training process: first step (compile), evaluations, checkpoint saves
         "command": "python benchmarks/train_cifar10.py " + " ".join(sys.argv[1:]),
@@ -327,6 +327,15 @@ def main():
           "", "| epoch | top-1 | top-1 EMA |", "|---|---|---|"]
     md += [f"| {r['eval/epoch']:.0f} | {r['eval/top1']:.2f} | {r.get('eval/ema_top1', float('nan')):.2f} |"
            for r in evals]
+    try:  # the curve above the table (matplotlib may be missing on a bare GPU image: the table is the record)
+        from vmamba_jax.evaluation.plots import accuracy_curves
+        if evals:
+            png = accuracy_curves({f"{result['epochs']:.0f} epochs, {minutes:.1f} min": result}, base + ".png",
+                                  goal=90.0, title=f"CIFAR-10, {kind}")
+            at = md.index("| epoch | top-1 | top-1 EMA |")
+            md[at:at] = [f"![test top-1 per epoch]({os.path.basename(png)})", ""]
+    except ImportError as e:
+        print(f"no curve plot: {e}")
     with open(base + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md[:7]))

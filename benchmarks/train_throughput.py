@@ -72,8 +72,7 @@ def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, re
     (`benchmarks.common.run_in_turns`), `steps` timed steps."""
     import jax
 
-    from benchmarks.common import wait_for_turn
-    from pallas_kernels.ss2d import resolve_implementation
+    from benchmarks.common import scan_impl_name, wait_for_turn
 
     step, state, data, model = setup_train_step(name, batch, impl, resolution, dtype, scan_blocks)
     # Compile time in three parts, to see where minutes go: tracing + lowering (Python, Pallas kernel lowering), XLA's
@@ -101,7 +100,7 @@ def measure(name: str, batch: int, steps: int, warmup: int, impl: str | None, re
     return {"img_per_s": steps * batch / dt, "step_ms": 1000 * dt / steps, "compile_s": compile_s,
             "compile_parts_s": {**parts, "first_step_extra": parts["first_step"] - dt / steps}, "waited_s": waited_s,
             "peak_gib": stats.get("peak_bytes_in_use", float("nan")) / 2 ** 30, "loss": float(m["loss"]),
-            "impl": resolve_implementation(impl, d_state=getattr(model, "ssm_d_state", None)),
+            "impl": scan_impl_name(impl, model),
             "params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
 
 
@@ -142,7 +141,8 @@ def main():
     p.add_argument("--merge", default=None, metavar="JSON",
                    help="an earlier train_throughput_<device>.json: keep its rows for the models not re-run here")
     p.add_argument("--impl", default=None,
-                   help="scan implementation tried first (default: auto); 'associative' is the fallback")
+                   help="scan implementation tried first (default: auto), or one per stage as a comma list (writes "
+                        "train_throughput_<device>_stages.{json,md}); 'associative' is the fallback")
     p.add_argument("--scan_blocks", action="store_true",
                    help="each stage's blocks as one nn.scan (fewer ops to compile); writes train_throughput_<device>"
                         "_scan_blocks.{json,md}")
@@ -208,7 +208,8 @@ def main():
         print(json.dumps({k: v for k, v in row.items() if not k.startswith("error")}), flush=True)
 
     rows = merge_records(a.merge, rows, measured=lambda r: "img_per_s" in r)
-    base = os.path.join(a.out_dir, f"train_throughput_{tag}" + ("_scan_blocks" if a.scan_blocks else ""))
+    base = os.path.join(a.out_dir, f"train_throughput_{tag}" + ("_scan_blocks" if a.scan_blocks else "")
+                        + ("_stages" if a.impl and "," in a.impl else ""))
     with open(base + ".json", "w") as f:
         json.dump(rows, f, indent=2)
     md = [f"# Training throughput, {kind}, jax {jax.__version__}, {datetime.date.today().isoformat()}", "",

@@ -15,7 +15,7 @@ from vmamba_jax.data import ArraySource, EvalTransform, eval_dataset
 from vmamba_jax.evaluation import data as eval_data
 from vmamba_jax.evaluation.loop import Evaluator, evaluate
 from vmamba_jax.evaluation.metrics import finalize, masked_sums, topk_correct
-from vmamba_jax.evaluation.plots import resolution_curves, robustness_bars
+from vmamba_jax.evaluation.plots import accuracy_curves, resolution_curves, robustness_bars
 from vmamba_jax.evaluation.report import markdown_table, write_json
 
 
@@ -97,7 +97,9 @@ def test_writers_and_plots(tmp_path):
     rows = [dict(model="m", resolution=r, img_per_s=1000 / r, peak_memory_bytes=r ** 2, gflops=r ** 2 / 1e4)
             for r in (224, 512)]
     png2 = resolution_curves(rows, str(tmp_path / "res.png"))
-    for f in (png, png2):
+    runs = {"run a": {"top1": [50.0, 80.0, 91.0], "top1_ema": [40.0, 70.0, 90.5]}, "run b": {"top1": [60.0, 85.0]}}
+    png3 = accuracy_curves(runs, str(tmp_path / "curves.png"), goal=90.0)
+    for f in (png, png2, png3):
         with open(f, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 

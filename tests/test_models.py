@@ -181,6 +181,33 @@ def test_scanned_blocks_compute_the_same_function():
     assert np.isfinite(a).all() and not np.allclose(a, b)
 
 
+def test_scan_implementation_per_stage(monkeypatch):
+    """scan_implementation as one name per stage (a comma list, as a config override gives it): each stage's SS2D
+    gets its own, the function is the same, and a list of the wrong length names the fix."""
+    import vmamba_jax.models.ss2d as ss2d_module
+
+    seen = []
+    real = ss2d_module.ss2d_core
+
+    def spy(x, *args, implementation=None, **kw):
+        seen.append((x.shape[1], implementation))
+        return real(x, *args, implementation=implementation, **kw)
+
+    monkeypatch.setattr(ss2d_module, "ss2d_core", spy)
+    kw = dict(dims=(8, 16, 32), depths=(1, 2, 1), num_classes=5)
+    x = jax.random.normal(jax.random.key(1), (1, 32, 32, 3))
+    one = vmamba_jax.create_model("vmamba_tiny_s1l8", scan_implementation="xla", **kw)
+    per_stage = vmamba_jax.create_model("vmamba_tiny_s1l8", scan_implementation="xla,associative,", **kw)
+    params = one.init(jax.random.key(0), x)
+    seen.clear()
+    y = per_stage.apply(params, x)
+    assert seen == [(8, "xla"), (4, "associative"), (4, "associative"), (2, None)]  # "" -> auto
+    np.testing.assert_allclose(y, one.apply(params, x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="exactly 3, comma-separated"):
+        vmamba_jax.create_model("vmamba_tiny_s1l8", scan_implementation="xla,associative", **kw).init(
+            jax.random.key(0), x)
+
+
 def test_backbone_returns_normalised_pre_downsample_features():
     kw = dict(dims=16, depths=(1, 1, 1, 1))
     backbone = vmamba_jax.create_model("vmamba_tiny_s1l8", features_only=True, out_indices=(0, 2, 3), **kw)

@@ -93,3 +93,41 @@ def resolution_curves(rows: Sequence[Mapping], path: str, title: str = "Inferenc
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def accuracy_curves(runs: Mapping[str, Mapping[str, Sequence[float]]], path: str, goal: float | None = None,
+                    title: str = "Test top-1 per epoch", zoom: float | None = 80.0) -> str:
+    """Test top-1 against epoch, one colour per run: raw weights solid, EMA dashed, a dotted goal line.
+
+    runs: {label: {"top1": [per-epoch %], "top1_ema": [per-epoch % or None]}} (evaluation once per epoch, as the
+    cifar10_<device>.json results hold them). With `zoom`, a second panel shows the curves above that top-1, where
+    runs that end close together are told apart.
+    """
+    plt = _plt()
+
+    panels = 2 if zoom is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), squeeze=False)
+    for ax in axes[0]:
+        for i, (label, run) in enumerate(runs.items()):
+            color = f"C{i}"
+            top1 = list(run["top1"])
+            ax.plot(range(1, len(top1) + 1), top1, color=color, lw=1.4, label=f"{label} (final {top1[-1]:.2f})")
+            ema = [v for v in run.get("top1_ema") or [] if v is not None]
+            if ema:
+                ax.plot(range(1, len(ema) + 1), ema, color=color, lw=1.0, ls="--", alpha=0.8)
+        if goal is not None:
+            ax.axhline(goal, color="grey", ls=":", lw=1.0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_title(title + " (dashed: EMA)")
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    if zoom is not None:
+        top = max(max(r["top1"]) for r in runs.values())
+        axes[0][1].set_ylim(zoom, max(top, goal or top) + 0.5)
+        axes[0][1].set_title(f"above {zoom:g}%")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

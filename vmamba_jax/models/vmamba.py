@@ -251,6 +251,25 @@ def unstack_blocks(params: dict) -> dict:
 # VSSM
 # ---------------------------------------------------------------------------------------------------------------------
 
+def stage_scan_implementations(scan_implementation, n_stages: int) -> tuple[str | None, ...]:
+    """`scan_implementation` as one entry per stage (what `pallas_kernels.ss2d.ss2d_core` gets in that stage).
+
+    None or one name: every stage. A sequence or a comma list ("auto,auto,pallas_mosaic_gpu,pallas_mosaic_gpu"):
+    one per stage, "auto" or "" for the platform's pick. Per stage because the best core depends on the map: on the
+    H200 the plain kernel inside XLA's cross-scan and merge beat the fused core in forward+backward at 14x14 and 7x7,
+    not at 56x56 or 28x28 (benchmarks/results/scan_h200.md)."""
+    impl = scan_implementation
+    if isinstance(impl, str) and "," in impl:
+        impl = impl.split(",")
+    if impl is None or isinstance(impl, str):
+        return (impl or None,) * n_stages
+    impl = tuple(s.strip() or None if isinstance(s, str) else s for s in impl)
+    if len(impl) != n_stages:
+        raise ValueError(f"scan_implementation names {len(impl)} stages ({impl}) for a model of {n_stages}: give "
+                         f"one name for every stage or exactly {n_stages}, comma-separated")
+    return impl
+
+
 class VSSM(nn.Module):
     """The official `VSSM` (field names and defaults are the official constructor's).
 
@@ -259,7 +278,8 @@ class VSSM(nn.Module):
     `intermediates/layers.{i}`: `model.apply(v, x, mutable=["intermediates"])` returns them.
 
     Extra (non-official) fields: `dtype`, the compute dtype of matmuls/convs (params stay fp32; scans and norms run
-    in fp32), and `scan_implementation`, passed to `pallas_kernels.ss2d.ss2d_core`.
+    in fp32), and `scan_implementation`, passed to `pallas_kernels.ss2d.ss2d_core` (one name, or one per stage:
+    `stage_scan_implementations`).
     """
 
     patch_size: int = 4
@@ -290,7 +310,7 @@ class VSSM(nn.Module):
     posembed: bool = False
     imgsize: int = 224
     dtype: Dtype = jnp.float32
-    scan_implementation: str | None = None
+    scan_implementation: Any = None  # one name, or one per stage (a tuple or a comma list)
 
     block = VSSBlock  # the block class of every stage (a class attribute, not a field): derivatives swap it
 
@@ -355,11 +375,13 @@ class VSSM(nn.Module):
         x = PatchEmbed(dims[0], self.patch_size, self.in_chans, self.patch_norm, self.patchembed_version,
                        dtype=self.dtype, name="patch_embed")(x.astype(jnp.float32))
         start, outs = 0, []
+        impls = stage_scan_implementations(self.scan_implementation, len(self.depths))
         for i, depth in enumerate(self.depths):
             last = i == len(self.depths) - 1
+            kwargs = tuple((k, impls[i] if k == "scan_implementation" else v) for k, v in self.block_kwargs())
             layer = VSSLayer(dims[i], dims[i] if last else dims[i + 1], tuple(dpr[start:start + depth]),
                              downsample_version="none" if last else self.downsample_version,
-                             block_kwargs=self.block_kwargs(), use_checkpoint=self.use_checkpoint,
+                             block_kwargs=kwargs, use_checkpoint=self.use_checkpoint,
                              dtype=self.dtype, block=self.block, scan_blocks=self.scan_blocks, name=f"layers_{i}")
             start += depth
             feat, out = layer(x, train)
