@@ -69,7 +69,8 @@ SWEEP = [dict(seq_tile=tf, bwd_seq_tile=tb, unroll=u, direct_store=ds, approx_ma
 
 # --profile: (op, plan) pairs, the default plans (approx_math, direct_store) and the exact-math ones.
 PROFILE_VARIANTS = [("scan", {}), ("ss2d_core", {}),
-                    ("scan", dict(approx_math=False)), ("ss2d_core", dict(approx_math=False))]
+                    ("scan", dict(approx_math=False)), ("ss2d_core", dict(approx_math=False)),
+                    ("ss2d_core", dict(delta_in_kernel=False))]
 
 
 def _supported(ss2d_api, impl):
@@ -222,6 +223,9 @@ def main():
     p.add_argument("--profile", action="store_true",
                    help="only trace the stage-1 (bf16) plain scan and fused core, default and PROFILE_VARIANTS plans: "
                         "device time per op category")
+    p.add_argument("--delta-sweep", action="store_true",
+                   help="only time the fused core at VMamba-T's four stages with delta formed in the kernel and by "
+                        "XLA (`delta_in_kernel`), each checked, beside the plain kernel's composition")
     p.add_argument("--profile-map", type=int, default=56, choices=[hw for hw, _ in STAGES],
                    help="--profile at this VMamba-T stage (map side; its channels from STAGES): 14 is where the "
                         "fused core's forward+backward lost to the plain kernel's composition (results/scan_h200.md)")
@@ -261,12 +265,19 @@ def main():
             run("sweep", f"ss2d_core/fused_mosaic_gpu{kw}", stage1,
                 lambda: bench_ss2d("", 128, 56, 96, 1, "bf16", **kw))
         impls, args.skip_model = [], True
+    if args.delta_sweep:  # the in-kernel low-rank delta costs R = C/16 loads + FMAs a step: does XLA's win at depth?
+        for hw, c in STAGES:
+            shape = dict(B=128, K=4, C=c, N=1, L=hw * hw, dtype="bf16")
+            for kw in (dict(delta_in_kernel=True), dict(delta_in_kernel=False)):
+                run("delta", f"ss2d_core/fused_mosaic_gpu{kw}", shape, lambda: bench_ss2d("", 128, hw, c, 1, "bf16", **kw))
+            run("delta", "ss2d_core/pallas_mosaic_gpu", shape, lambda: bench_ss2d("pallas_mosaic_gpu", 128, hw, c, 1, "bf16"))
+        impls, args.skip_model = [], True
     for impl in impls:
         for (b, k, c, n, length, dt) in SHAPES:
             shape = dict(B=b, K=k, C=c, N=n, L=length, dtype=dt)
             run("scan", impl, shape, lambda: bench_scan(impl, b, k, c, n, length, dt))
     from pallas_kernels.ss2d import api as ss2d_api
-    ss2d_impls = [] if args.sweep or args.profile else [i for i in args.ss2d_impls.split(",") if _supported(ss2d_api, i)]
+    ss2d_impls = [] if args.sweep or args.profile or args.delta_sweep else [i for i in args.ss2d_impls.split(",") if _supported(ss2d_api, i)]
     for impl in ss2d_impls:
         for hw, c in STAGES:
             if impl == "associative" and hw != 56:

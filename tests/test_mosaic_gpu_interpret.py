@@ -50,16 +50,18 @@ def test_scan_kernel_in_interpreter(d_state, dtype):
     _check(kernel, selective_scan_reference, args, dtype, ("u", "delta", "A", "B", "C", "D", "delta_bias"))
 
 
-@pytest.mark.parametrize("d_state,dtype,directions", [
-    (1, jnp.float32, (0, 1, 2, 3)), (4, jnp.float32, (0, 1, 2, 3)), (1, jnp.bfloat16, (0, 1, 2, 3)),
-    (1, jnp.float32, (2, 3))], ids=["N1-fp32", "N4-fp32", "N1-bf16", "reversed-only"])
-def test_fused_core_kernel_in_interpreter(d_state, dtype, directions):
-    """A 3x5 map (15 steps over two tiles in either order), 8 channels, rank 2."""
+@pytest.mark.parametrize("d_state,dtype,directions,delta_in_kernel", [
+    (1, jnp.float32, (0, 1, 2, 3), True), (4, jnp.float32, (0, 1, 2, 3), True), (1, jnp.bfloat16, (0, 1, 2, 3), True),
+    (1, jnp.float32, (2, 3), True), (4, jnp.float32, (0, 1, 2, 3), False)],
+    ids=["N1-fp32", "N4-fp32", "N1-bf16", "reversed-only", "N4-fp32-delta-from-xla"])
+def test_fused_core_kernel_in_interpreter(d_state, dtype, directions, delta_in_kernel):
+    """A 3x5 map (15 steps over two tiles in either order), 8 channels, rank 2; delta formed in the kernel from the
+    low-rank dts, or by XLA per order and read by the kernel (`delta_in_kernel=False`)."""
     x, *params = make_core_inputs(12, 1, 3, 5, 8, d_state, 2, dtype)
     k = len(directions)
     params = [params[0][:k], params[1][:k], params[2][:k], params[3][:k * 8], params[4][:k * 8]]
-    kernel = lambda *a: fused.ss2d_core(*a, directions=directions, **TILES,  # noqa: E731
-                                        interpret=mosaic_gpu_interpreter())
+    kernel = lambda *a: fused.ss2d_core(*a, directions=directions, delta_in_kernel=delta_in_kernel,  # noqa: E731
+                                        **TILES, interpret=mosaic_gpu_interpreter())
     ref = lambda *a: ss2d_core_reference(*a, scan_implementation="xla", directions=directions)  # noqa: E731
     _check(kernel, ref, (x, *params), dtype,
            ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"))

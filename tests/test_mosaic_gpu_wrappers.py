@@ -66,6 +66,8 @@ def test_kernels_lower_for_cuda(d_state, dtype):
     assert _export_for_cuda(jax.grad(lambda *a: variant(*a).sum(), tuple(range(6))), *core) == 2
     exact = lambda *a: fused.ss2d_core(*a, approx_math=False)  # noqa: E731
     assert _export_for_cuda(jax.grad(lambda *a: exact(*a).sum(), tuple(range(6))), *core) == 2
+    xla_delta = lambda *a: fused.ss2d_core(*a, delta_in_kernel=False)  # noqa: E731 - delta read, not formed
+    assert _export_for_cuda(jax.grad(lambda *a: xla_delta(*a).sum(), tuple(range(6))), *core) == 2
     shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in core]
     for fn, want in ((fused.ss2d_core, 1), (exact, 0)):  # softplus' log: lg2.approx in the kernel's PTX (default), or not
         text = jax.export.export(jax.jit(fn), platforms=["cuda"])(*shapes).mlir_module()
@@ -192,15 +194,17 @@ def test_selective_scan_wrapper(emulated_kernels, d_state):
 
 # The interpreter test runs the real kernels for d_state 1 and 4 (all orders, reversed only); here the glue alone at
 # the d_state and direction subsets it leaves out.
-@pytest.mark.parametrize("d_state,directions", [(16, (0, 1, 2, 3)), (1, (1,)), (16, (2, 3))],
-                         ids=["N16-all", "N1-column", "N16-reversed"])
-def test_fused_core_wrapper(emulated_kernels, d_state, directions):
-    """Two sources (row- and column-major), reversed orders, low-rank delta, the merge; a non-square 3x5 map."""
+@pytest.mark.parametrize("d_state,directions,delta_in_kernel", [
+    (16, (0, 1, 2, 3), True), (1, (1,), True), (16, (2, 3), True), (16, (0, 1, 2, 3), False), (1, (2, 3), False)],
+    ids=["N16-all", "N1-column", "N16-reversed", "N16-all-delta-from-xla", "N1-reversed-delta-from-xla"])
+def test_fused_core_wrapper(emulated_kernels, d_state, directions, delta_in_kernel):
+    """Two sources (row- and column-major), reversed orders, low-rank delta (in the kernel, or from XLA per order),
+    the merge; a non-square 3x5 map."""
     x, *params = make_core_inputs(2, 2, 3, 5, 12, d_state, 3, f32)
     k = len(directions)
     xw, dw, db, al, ds = params
     params = (xw[:k], dw[:k], db[:k], al[:k * 12], ds[:k * 12])  # the parameters of `directions` only
-    _check(lambda *a: fused.ss2d_core(*a, directions=directions),
+    _check(lambda *a: fused.ss2d_core(*a, directions=directions, delta_in_kernel=delta_in_kernel),
            lambda *a: ss2d_core_reference(*a, scan_implementation="xla", directions=directions),
            (x, *params), ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"))
 

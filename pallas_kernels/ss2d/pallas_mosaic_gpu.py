@@ -6,7 +6,11 @@ Contract: `reference.ss2d_core_reference`. What differs from that composition is
   NHWC activation) and its column-major view (one transposed copy); the reversed orders walk their source backwards
   by index (`pallas_kernels.selective_scan.pallas_mosaic_gpu`, `_Plan.reverse`);
 * no (K, L, D) delta: x_proj runs in XLA over each source (B, L, R+2N per order: small), and the kernel forms
-  delta = dt_proj(dts) from the R per-step dts and dt_proj's R weight vectors, adding the bias and softplus;
+  delta = dt_proj(dts) from the R per-step dts and dt_proj's R weight vectors, adding the bias and softplus. That
+  costs R broadcast loads and FMAs per step and channel on a latency-bound walk, and R = D/16 grows with the stage
+  (6 at VMamba-T's 56x56, 48 at 7x7), so `delta_in_kernel=False` (or a rank above DELTA_IN_KERNEL_MAX_RANK) has XLA
+  form delta per order instead, in its source's layout (one bf16 (B, K, L, D) array, a tensor-core matmul), and the
+  kernel reads it like the plain scan does;
 * no channel-major transposes: the kernel is channel-minor like the activation itself.
 
 The kernel writes each order's output by pixel, in its source's layout; XLA sums the two row-major and the two
@@ -16,6 +20,8 @@ contracts with the dts and the dt_proj weight.
 """
 
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -31,12 +37,21 @@ is_supported = mgpu.is_supported
 # itself 4.7e-3 from the fp32 result (gpu_kernel_tests_h200_direct_store.md): a precision question under rerun with
 # the fp32-result rule, not a wrong result, so 16 stays.
 VERIFIED_D_STATES = (1, 16)
+# `delta_in_kernel`'s default: the low-rank delta in the kernel up to this dt rank, from XLA above it. Every rank by
+# default (the only plan the GPU has checked and timed); VMAMBA_MGPU_DELTA_IN_KERNEL_MAX_RANK=8 would keep it in the
+# kernel at VMamba-T's stage 1 (rank 6) only: the experiment of benchmarks/results/scan_h200.md's 14x14 finding.
+DELTA_IN_KERNEL_MAX_RANK = int(os.environ.get("VMAMBA_MGPU_DELTA_IN_KERNEL_MAX_RANK", "1000000"))
+
+
+def resolve_delta_in_kernel(delta_in_kernel: bool | None, rank: int) -> bool:
+    """None -> the module default for this dt rank (DELTA_IN_KERNEL_MAX_RANK)."""
+    return bool(delta_in_kernel) if delta_in_kernel is not None else rank <= DELTA_IN_KERNEL_MAX_RANK
 
 
 def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
               directions: tuple[int, ...] = ALL_DIRECTIONS, seq_tile: int | None = None,
               bwd_seq_tile: int | None = None, unroll: int | None = None, direct_store: bool | None = None,
-              approx_math: bool | None = None, interpret=None):
+              approx_math: bool | None = None, delta_in_kernel: bool | None = None, interpret=None):
     """x (B, H, W, D) compute dtype -> y (B, H, W, D) fp32, the merged scan output before out_norm; differentiable.
 
     Parameters as in `reference.ss2d_core_reference` (fp32; K = len(directions) parameter sets). The keywords after
@@ -48,10 +63,12 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     L = h * w
     layouts = sorted({k % 2 for k in directions})                       # 0: row-major, 1: column-major
     plan_src = tuple(layouts.index(k % 2) for k in directions)
-    short = mgpu.min_seq_tile(r, n, x.dtype.itemsize) if n in mgpu.FAST_PLAN_D_STATES else None  # short-L tiles
+    in_kernel = resolve_delta_in_kernel(delta_in_kernel, r)
+    kr = r if in_kernel else 0                                          # the kernel's rank (0: delta is an input)
+    short = mgpu.min_seq_tile(kr, n, x.dtype.itemsize) if n in mgpu.FAST_PLAN_D_STATES else None  # short-L tiles
     tl_f, tl_b, lp = mgpu.plan_tiles(L, n, seq_tile, bwd_seq_tile, min_tile=short)
     dp = mgpu.LANES * -(-d // mgpu.LANES)
-    plan = mgpu._Plan(groups=k_n, source=plan_src, reverse=tuple(k >= 2 for k in directions), rank=r, d_state=n,
+    plan = mgpu._Plan(groups=k_n, source=plan_src, reverse=tuple(k >= 2 for k in directions), rank=kr, d_state=n,
                       tl_fwd=tl_f, tl_bwd=tl_b, softplus=True, unroll=unroll or mgpu.UNROLL,
                       direct_store=mgpu.resolve_direct_store(direct_store, interpret, n),
                       approx_math=mgpu.resolve_approx_math(approx_math, n), interpret=interpret)
@@ -66,14 +83,20 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
                       for j, k in enumerate(directions)], axis=1)
 
     u = jnp.pad(src, ((0, 0), (0, 0), (0, lp - L), (0, dp - d))).reshape(b * len(layouts), lp, dp)
-    proj = jnp.pad(proj, ((0, 0), (0, 0), (0, 0), (0, lp - L))).reshape(b * k_n, r + 2 * n, lp)
     A = -jnp.exp(A_logs.astype(f32)).reshape(k_n, d, n)
-    prm = jnp.concatenate([Ds.astype(f32).reshape(k_n, 1, d), dt_projs_bias.astype(f32).reshape(k_n, 1, d),
-                           jnp.swapaxes(A, 1, 2), jnp.swapaxes(dt_projs_weight.astype(f32), 1, 2)], axis=1)
-    prm = jnp.pad(prm, ((0, 0), (0, 0), (0, dp - d)))                   # (K, 2+N+R, Dp)
+    rows = [Ds.astype(f32).reshape(k_n, 1, d), dt_projs_bias.astype(f32).reshape(k_n, 1, d), jnp.swapaxes(A, 1, 2)]
+    dl = None
+    if in_kernel:
+        rows.append(jnp.swapaxes(dt_projs_weight.astype(f32), 1, 2))   # dt_proj's R weight vectors
+    else:  # delta per order in its source's layout, before bias and softplus (as the reference's dts)
+        dl = jnp.einsum("bkrl,kdr->bkld", proj[:, :, :r], dt_projs_weight.astype(x.dtype), precision=precision)
+        dl = jnp.pad(dl, ((0, 0), (0, 0), (0, lp - L), (0, dp - d))).reshape(b * k_n, lp, dp)
+        proj = proj[:, :, r:]                                           # B and C rows only
+    proj = jnp.pad(proj, ((0, 0), (0, 0), (0, 0), (0, lp - L))).reshape(b * k_n, kr + 2 * n, lp)
+    prm = jnp.pad(jnp.concatenate(rows, axis=1), ((0, 0), (0, 0), (0, dp - d)))  # (K, 2+N(+R), Dp)
 
     mgpu.check_tma_tiles(plan, proj.dtype.itemsize)
-    y = mgpu.scan(plan, u, None, proj, prm).reshape(b, k_n, lp, dp)[:, :, :L, :d]
+    y = mgpu.scan(plan, u, dl, proj, prm).reshape(b, k_n, lp, dp)[:, :, :L, :d]
     out = jnp.zeros((b, h, w, d), f32)
     for j, k in enumerate(directions):
         out = out + (y[:, j].reshape(b, h, w, d) if k % 2 == 0 else jnp.swapaxes(y[:, j].reshape(b, w, h, d), 1, 2))
