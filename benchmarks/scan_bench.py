@@ -184,7 +184,8 @@ def profile_md(records: list[dict]) -> str:
         return "# Scan profile\n\nNo profile records.\n"
     r0 = prof[0]
     side = int(round(r0["L"] ** 0.5))
-    lines = [f"# Scan and SS2D core profile at {side}x{side}, {r0['device']}, jax {r0['jax_version']}, {r0['date']}", "",
+    title = f"# Scan and SS2D core profile at {side}x{side}, {r0['device']}, jax {r0['jax_version']}, {r0['date']}"
+    lines = [title, "",
              f"Command: `{r0.get('command', '?')}`. B {r0['B']}, K {r0['K']}, C {r0['C']}, N {r0['N']}, L {r0['L']} "
              f"({side}x{side}), {r0['dtype']}. Wall: median of 20 "
              "synchronised calls; device: the traced GPU time per call (10 calls), summed per HLO op and category.", "",
@@ -269,15 +270,18 @@ def main():
         for hw, c in STAGES:
             shape = dict(B=128, K=4, C=c, N=1, L=hw * hw, dtype="bf16")
             for kw in (dict(delta_in_kernel=True), dict(delta_in_kernel=False)):
-                run("delta", f"ss2d_core/fused_mosaic_gpu{kw}", shape, lambda: bench_ss2d("", 128, hw, c, 1, "bf16", **kw))
-            run("delta", "ss2d_core/pallas_mosaic_gpu", shape, lambda: bench_ss2d("pallas_mosaic_gpu", 128, hw, c, 1, "bf16"))
+                run("delta", f"ss2d_core/fused_mosaic_gpu{kw}", shape,
+                    lambda: bench_ss2d("", 128, hw, c, 1, "bf16", **kw))
+            run("delta", "ss2d_core/pallas_mosaic_gpu", shape,
+                lambda: bench_ss2d("pallas_mosaic_gpu", 128, hw, c, 1, "bf16"))
         impls, args.skip_model = [], True
     for impl in impls:
         for (b, k, c, n, length, dt) in SHAPES:
             shape = dict(B=b, K=k, C=c, N=n, L=length, dtype=dt)
             run("scan", impl, shape, lambda: bench_scan(impl, b, k, c, n, length, dt))
     from pallas_kernels.ss2d import api as ss2d_api
-    ss2d_impls = [] if args.sweep or args.profile or args.delta_sweep else [i for i in args.ss2d_impls.split(",") if _supported(ss2d_api, i)]
+    only = args.sweep or args.profile or args.delta_sweep
+    ss2d_impls = [] if only else [i for i in args.ss2d_impls.split(",") if _supported(ss2d_api, i)]
     for impl in ss2d_impls:
         for hw, c in STAGES:
             if impl == "associative" and hw != 56:
