@@ -15,7 +15,7 @@
 #   SCAN_BLOCKS=1 TRAIN_S=300 bash benchmarks/gpu_suite.sh train_T   # each stage's blocks as one nn.scan: compile time
 #   SCAN_IMPL=auto,auto,pallas_mosaic_gpu,pallas_mosaic_gpu TRAIN_S=300 bash benchmarks/gpu_suite.sh train_T
 #       # one implementation per stage (the plain kernel where the fused core's backward loses: scan_h200.md)
-#   DELTA_S=240 bash benchmarks/gpu_suite.sh deltasweep   # the fused core's delta from the kernel or XLA, per stage
+#   DELTA_S=300 bash benchmarks/gpu_suite.sh deltasweep   # the fused core's delta from the kernel or XLA, per stage
 #   VMAMBA_MGPU_DELTA_IN_KERNEL_MAX_RANK=8 TRAIN_S=300 bash benchmarks/gpu_suite.sh train_T   # XLA's delta past stage 1
 #   TRAIN_MERGE=benchmarks/results/train_throughput_h200.json TRAIN_S=400 bash benchmarks/gpu_suite.sh train_B
 #       # one more row for the committed table (DERIV_MERGE likewise): S/B-sized models compile for ~5 minutes, so
@@ -93,7 +93,7 @@ for s in "$@"; do
               stage scanprof "${SCANPROF_S:-200}" python3 benchmarks/scan_bench.py --profile \
                 --profile-map "${SCANPROF_MAP:-56}" --out "$RES/scan_profile${SCANPROF_MAP:+_$SCANPROF_MAP}.json" ;;
     deltasweep) # the fused core with delta from the kernel or from XLA at VMamba-T's four stages, checked
-              stage deltasweep "${DELTA_S:-240}" python3 benchmarks/scan_bench.py --delta-sweep --out "$RES/scan_delta.json" ;;
+              stage deltasweep "${DELTA_S:-300}" python3 benchmarks/scan_bench.py --delta-sweep --out "$RES/scan_delta.json" ;;
     cifarprof) # configs/cifar10.py's own train step, traced: where its ~46 ms per 512 images go
               stage cifarprof "${CIFARPROF_S:-200}" python3 benchmarks/train_cifar10.py --data_dir .data --profile \
                 ${CIFAR_SET:+--set $CIFAR_SET} --out_dir "$RES" ;;
