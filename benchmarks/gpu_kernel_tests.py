@@ -131,7 +131,8 @@ def main():
     p.add_argument("--out", default=None)
     p.add_argument("--quick", action="store_true", help="one case per (N, dtype)")
     p.add_argument("--d-states", default="1,16", help="comma list of d_state values to test")
-    p.add_argument("--case", type=int, default=None, help="run only this case index (used by --isolate)")
+    p.add_argument("--case", type=lambda v: {int(i) for i in v.split(",")}, default=None,
+                   help="run only these case indices, a comma list (--isolate runs one each)")
     p.add_argument("--start", type=int, default=0,
                    help="skip the cases before this index (to go on where a cut-off slot ended)")
     p.add_argument("--seed", type=int, default=None,
@@ -143,11 +144,13 @@ def main():
 
     dev = jax.devices()[0]
     from pallas_kernels.selective_scan import pallas_mosaic_gpu as mgpu
+    from pallas_kernels.ss2d import pallas_mosaic_gpu as fused
     env = dict(device=dev.device_kind, platform=dev.platform, jax_version=jax.__version__,
                date=datetime.date.today().isoformat(),
                # the Mosaic GPU kernels' module defaults (VMAMBA_MGPU_* environment variables) these cases ran with
                mgpu_direct_store=mgpu.DIRECT_STORE, mgpu_approx_math=mgpu.APPROX_MATH,
-               mgpu_fast_plan_d_states=list(mgpu.FAST_PLAN_D_STATES))
+               mgpu_fast_plan_d_states=list(mgpu.FAST_PLAN_D_STATES),
+               mgpu_delta_in_kernel_max_rank=fused.DELTA_IN_KERNEL_MAX_RANK)
     print(json.dumps(env))
     # VMamba-T's stages, an odd length, and L 16 (CIFAR's 4x4 last stage: tiles shrunk to 8, plan_tiles)
     lengths = [3136, 784, 196, 49, 37, 16]
@@ -166,7 +169,7 @@ def main():
                     cases.append((impl, 2, 4, per_group, n, length, dtype_name))
     records, failed = [], 0
     for i, (impl, b, k, d, n, length, dtype_name) in enumerate(cases):
-        if (args.case is not None and i != args.case) or i < args.start:
+        if (args.case is not None and i not in args.case) or i < args.start:
             continue
         # The case's own seed, not its index in this run's list: a rerun of one case draws the same inputs (until
         # 2026-12-02 the seed was the index, so a run of one d_state drew other inputs than a run of both).
@@ -194,7 +197,7 @@ def main():
         worst = max(rec["errors"].values()) if rec["errors"] else float("nan")
         vs_fp32 = (f" (vs fp32 {max(rec['errors_vs_fp32'].values()):.2e}, reference's own "
                    f"{max(rec['reference_errors_vs_fp32'].values()):.2e})" if rec.get("errors_vs_fp32") else "")
-        print(f"{impl:18s} B={b} K={k} C={d:3d} N={n:2d} L={length:4d} {dtype_name}  "
+        print(f"[{i}] {impl:18s} B={b} K={k} C={d:3d} N={n:2d} L={length:4d} {dtype_name}  "
               f"{'PASS' if rec['passed'] else 'FAIL'}  worst rel err {worst:.2e}{vs_fp32}  ({rec['seconds']} s)"
               + (f"  first calls {rec['first_call_s']}" if rec.get("first_call_s") else "")
               + (f"  {rec.get('exception', '')[:300]}" if not rec["passed"] else ""), flush=True)

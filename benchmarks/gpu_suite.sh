@@ -5,6 +5,7 @@
 #   SCAN_IMPL=associative bash benchmarks/gpu_suite.sh train_T   # the scan the timing stages use (default: auto)
 #   KERNEL_IMPLS=fused_mosaic_gpu D_STATES=16 KERNEL_S=240 bash benchmarks/gpu_suite.sh kernels   # a subset of tests
 #   KERNEL_START=3 ...                                    # go on from case 3 (0-2 passed before a slot ended)
+#   KERNEL_CASES=2,3,5 ...                                # only these cases (the [index] its log prints)
 #   VMAMBA_MGPU_DIRECT_STORE=0 bash benchmarks/gpu_suite.sh kernels   # outputs through SMEM tiles instead of the default direct_store path
 #   VMAMBA_MGPU_APPROX_MATH=0 bash benchmarks/gpu_suite.sh kernels    # libdevice's exact exp / log instead of the default
 #   VMAMBA_MGPU_FAST_PLAN_D_STATES=1,16 KERNEL_IMPLS=fused_mosaic_gpu D_STATES=16 bash benchmarks/gpu_suite.sh kernels  # d16 fast plan
@@ -14,9 +15,10 @@
 #   TRAIN_S=500 bash benchmarks/gpu_suite.sh train_S+B      # two models, compiled in parallel, timed in turns
 #   SCAN_BLOCKS=1 TRAIN_S=300 bash benchmarks/gpu_suite.sh train_T   # each stage's blocks as one nn.scan: compile time
 #   SCAN_IMPL=auto,auto,pallas_mosaic_gpu,pallas_mosaic_gpu TRAIN_S=300 bash benchmarks/gpu_suite.sh train_T
-#       # one implementation per stage (the plain kernel where the fused core's backward loses: scan_h200.md)
+#       # one implementation per stage (the plain kernel where it wins: scan_h200.md)
 #   DELTA_S=300 bash benchmarks/gpu_suite.sh deltasweep   # the fused core's delta from the kernel or XLA, per stage
-#   VMAMBA_MGPU_DELTA_IN_KERNEL_MAX_RANK=8 TRAIN_S=300 bash benchmarks/gpu_suite.sh train_T   # XLA's delta past stage 1
+#   VMAMBA_MGPU_DELTA_IN_KERNEL_MAX_RANK=1000000 TRAIN_S=300 bash benchmarks/gpu_suite.sh train_T   # in-kernel delta everywhere
+#   SCAN_IMPLS=pallas_mosaic_gpu SCAN_MODEL=1 SCAN_S=450 bash benchmarks/gpu_suite.sh scan   # + whole-model inference
 #   TRAIN_MERGE=benchmarks/results/train_throughput_h200.json TRAIN_S=400 bash benchmarks/gpu_suite.sh train_B
 #       # one more row for the committed table (DERIV_MERGE likewise): S/B-sized models compile for ~5 minutes, so
 #       # a table is filled over several calls
@@ -62,7 +64,7 @@ stage() {  # stage NAME TIMEOUT_S CMD...
 kernel_tests() {  # kernel_tests IMPL TIMEOUT: one process, then every case isolated if a crash poisoned it
   local impl=$1 t=$2 t0=$SECONDS
   timeout "$t" python3 benchmarks/gpu_kernel_tests.py --impls "$impl" --d-states "${D_STATES:-1,16}" \
-    --start "${KERNEL_START:-0}" --out "$RES/gpu_kernel_tests_$impl.json" > "$RES/kernels_$impl.log" 2>&1
+    --start "${KERNEL_START:-0}" ${KERNEL_CASES:+--case "$KERNEL_CASES"} --out "$RES/gpu_kernel_tests_$impl.json" > "$RES/kernels_$impl.log" 2>&1
   if grep -q "CUDA_ERROR\|Segmentation\|core dumped" "$RES/kernels_$impl.log" && ((SECONDS - t0 < t - 30)); then
     timeout $((t - SECONDS + t0)) python3 benchmarks/gpu_kernel_tests.py --impls "$impl" --isolate --d-states "${D_STATES:-1,16}" \
       --out "$RES/gpu_kernel_tests_${impl}_isolated.json" > "$RES/kernels_${impl}_isolated.log" 2>&1
@@ -101,8 +103,9 @@ for s in "$@"; do
               stage cifarpipe "${CIFARPIPE_S:-150}" python3 benchmarks/train_cifar10.py --data_dir .data --pipeline \
                 ${CIFAR_SET:+--set $CIFAR_SET} --out_dir "$RES" ;;
     scan)     # SCAN_IMPLS: a comma list of selective_scan implementations (the SS2D core rows time every core)
-              stage scan 150 python3 benchmarks/scan_bench.py --impls "${SCAN_IMPLS:-pallas_mosaic_gpu}" \
-                --skip-model --out "$RES/scan.json" ;;
+              # SCAN_MODEL=1: and VMamba-T's whole-model inference throughput per implementation (SCAN_S ~400)
+              stage scan "${SCAN_S:-150}" python3 benchmarks/scan_bench.py --impls "${SCAN_IMPLS:-pallas_mosaic_gpu}" \
+                $([ -n "${SCAN_MODEL:-}" ] || echo --skip-model) --out "$RES/scan.json" ;;
     cifar10)  # CIFAR_EPOCHS: skip the probe (~80 s of compiling a step the run compiles again) and train that many
               # (CIFAR_EPOCHS=128: the config's epochs, the measured 8.2-minute run in cifar10_h200.md);
               # CIFAR_SET: config overrides (space-separated key=value) for trying a recipe without editing the config
