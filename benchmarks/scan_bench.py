@@ -229,7 +229,7 @@ def main():
                         "XLA (`delta_in_kernel`), each checked, beside the plain kernel's composition")
     p.add_argument("--profile-map", type=int, default=56, choices=[hw for hw, _ in STAGES],
                    help="--profile at this VMamba-T stage (map side; its channels from STAGES): 14 is where the "
-                        "fused core's forward+backward lost to the plain kernel's composition (results/scan_h200.md)")
+                        "fused core's forward+backward lost to the plain kernel's composition (results/scan_h200_f813356.md)")
     p.add_argument("--ss2d-impls", default="fused_mosaic_gpu,pallas_mosaic_gpu,associative",
                    help="SS2D cores timed at VMamba-T's four stages (those not supported here are skipped)")
     args = p.parse_args()

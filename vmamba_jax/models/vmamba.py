@@ -255,9 +255,9 @@ def stage_scan_implementations(scan_implementation, n_stages: int) -> tuple[str 
     """`scan_implementation` as one entry per stage (what `pallas_kernels.ss2d.ss2d_core` gets in that stage).
 
     None or one name: every stage. A sequence or a comma list ("auto,auto,pallas_mosaic_gpu,pallas_mosaic_gpu"):
-    one per stage, "auto" or "" for the platform's pick. Per stage because the best core depends on the map: on the
-    H200 the plain kernel inside XLA's cross-scan and merge beat the fused core in forward+backward at 14x14 and 7x7,
-    not at 56x56 or 28x28 (benchmarks/results/scan_h200.md)."""
+    one per stage, "auto" or "" for the platform's pick. Per stage because the best core can depend on the map: on
+    the H200 the plain kernel inside XLA's cross-scan and merge beat the fused core in forward+backward at 14x14 and
+    7x7 until the fused core had XLA form delta there (benchmarks/results/scan_h200_f813356.md, scan_delta_h200.md)."""
     impl = scan_implementation
     if isinstance(impl, str) and "," in impl:
         impl = impl.split(",")
