@@ -122,3 +122,32 @@ def test_derivatives_rerun_of_one_half_keeps_the_other_from_the_merged_row():
     assert command_rows([row]) == [dict(model="m (infer)", command="old cmd"),
                                    dict(model="m (train)", command="new cmd")]
     assert keep_parts(None, new, ("train",))["train_img_s"] == 2.0
+
+
+def test_time_fn_back_to_back_times_per_call_and_syncs_once_per_repeat():
+    """calls > 1 (scan_bench's *_b2b_ms): every repeat runs `calls` calls and reports their mean, so a host cost paid
+    once per sync (here a 50 ms wait in the synchronising call's result) is spread over the calls."""
+    import time
+
+    import jax.numpy as jnp
+
+    sys.path.insert(0, ROOT)
+    from benchmarks.common import time_fn
+
+    calls = []
+
+    def fn():
+        calls.append(None)
+        return jnp.zeros(())
+
+    times = time_fn(fn, warmup=2, repeats=3, calls=4)
+    assert len(calls) == 2 + 3 * 4 and len(times) == 3
+
+    class Slow:  # jax.block_until_ready(x) calls x.block_until_ready(): the sync costs 50 ms
+        def block_until_ready(self):
+            time.sleep(0.05)
+            return self
+
+    synced = min(time_fn(Slow, warmup=0, repeats=2, calls=1))
+    spread = min(time_fn(Slow, warmup=0, repeats=2, calls=5))
+    assert synced >= 0.05 and 0.008 <= spread < 0.02
