@@ -151,3 +151,23 @@ def test_time_fn_back_to_back_times_per_call_and_syncs_once_per_repeat():
     synced = min(time_fn(Slow, warmup=0, repeats=2, calls=1))
     spread = min(time_fn(Slow, warmup=0, repeats=2, calls=5))
     assert synced >= 0.05 and 0.008 <= spread < 0.02
+
+
+def test_sweep_check_rules_bf16_variants_against_the_fp32_result():
+    """scan_bench's checked sweeps use gpu_kernel_tests' bf16 rule: the reference itself passes, a variant 5% off fails."""
+    sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import scan_bench
+    from pallas_kernels.selective_scan.reference import selective_scan_reference
+    from pallas_kernels.selective_scan.testing import make_inputs
+
+    args = make_inputs(0, 1, 2, 8, 1, 37, jnp.bfloat16)
+    fwd = jax.jit(selective_scan_reference)
+    grad = jax.jit(jax.grad(lambda *a: jnp.sum(selective_scan_reference(*a)), tuple(range(len(args)))))
+    ok = scan_bench._check_variant(("test", 37), fwd, grad, selective_scan_reference, args)
+    assert ok["checked"] and ok["rule"] == "vs_fp32" and ok["max_rel_err"] == 0.0
+    off = scan_bench._check_variant(("test", 37), lambda *a: fwd(*a) * 1.05, grad, selective_scan_reference, args)
+    assert not off["checked"] and off["max_rel_err_vs_fp32"] > 0.04
