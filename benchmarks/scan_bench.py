@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import disable_command_buffers, median, time_fn  # noqa: E402
-from gpu_kernel_tests import DTYPES, upcast_bf16, make_inputs, passes_vs_fp32  # noqa: E402
+from gpu_kernel_tests import DTYPES, make_inputs, passes_vs_fp32, upcast_bf16  # noqa: E402
 from pallas_kernels.ss2d.testing import make_core_inputs  # noqa: E402
 from pallas_kernels.selective_scan.reference import selective_scan_reference  # noqa: E402
 from pallas_kernels.selective_scan.testing import rel_err  # noqa: E402
@@ -253,7 +253,8 @@ def main():
                         "XLA (`delta_in_kernel`), each checked, beside the plain kernel's composition")
     p.add_argument("--profile-map", type=int, default=56, choices=[hw for hw, _ in STAGES],
                    help="--profile at this VMamba-T stage (map side; its channels from STAGES): 14 is where the "
-                        "fused core's forward+backward lost to the plain kernel's composition (results/scan_h200_f813356.md)")
+                        "fused core's forward+backward lost to the plain kernel's composition "
+                        "(results/scan_h200_f813356.md)")
     p.add_argument("--ss2d-impls", default="fused_mosaic_gpu,pallas_mosaic_gpu,associative",
                    help="SS2D cores timed at VMamba-T's four stages (those not supported here are skipped)")
     args = p.parse_args()

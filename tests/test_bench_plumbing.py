@@ -150,11 +150,11 @@ def test_time_fn_back_to_back_times_per_call_and_syncs_once_per_repeat():
 
     synced = min(time_fn(Slow, warmup=0, repeats=2, calls=1))
     spread = min(time_fn(Slow, warmup=0, repeats=2, calls=5))
-    assert synced >= 0.05 and 0.008 <= spread < 0.02
+    assert synced >= 0.05 and 0.009 <= spread < 0.5 * synced  # 50 ms over 5 calls; a loaded machine may oversleep
 
 
 def test_sweep_check_rules_bf16_variants_against_the_fp32_result():
-    """scan_bench's checked sweeps use gpu_kernel_tests' bf16 rule: the reference itself passes, a variant 5% off fails."""
+    """scan_bench's checked sweeps use gpu_kernel_tests' bf16 rule: the reference passes, a variant 5% off fails."""
     sys.path.insert(0, ROOT)
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import jax
