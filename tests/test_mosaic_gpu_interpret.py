@@ -67,6 +67,36 @@ def test_fused_core_kernel_in_interpreter(d_state, dtype, directions, delta_in_k
            ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"))
 
 
+@pytest.mark.parametrize("op,d_state,dtype,delta_in_kernel", [
+    ("scan", 1, jnp.float32, None), ("fused", 1, jnp.float32, True), ("fused", 4, jnp.float32, False),
+    ("fused", 1, jnp.bfloat16, True)], ids=["scan-N1-fp32", "fused-N1-fp32", "fused-N4-fp32-delta-from-xla",
+                                             "fused-N1-bf16"])
+def test_split_walks_in_interpreter(op, d_state, dtype, delta_in_kernel):
+    """The walk cut into 3 splits of three 4-step tiles (`splits`): the split-summary kernel, XLA's chain of the
+    splits' entering states and adjoint carries, and the scan kernels started from them, forward and backward (on a
+    5x7 map the reversed orders' padding fills the start of their first split)."""
+    split = dict(seq_tile=4, bwd_seq_tile=4, splits=3, interpret=mosaic_gpu_interpreter())
+    if op == "scan":
+        args = make_inputs(11, batch=1, groups=2, per_group=8, d_state=d_state, length=37, dtype=dtype)
+        _check(lambda *a: mgpu.selective_scan(*a, **split), selective_scan_reference, args, dtype,
+               ("u", "delta", "A", "B", "C", "D", "delta_bias"))
+        return
+    x, *params = make_core_inputs(12, 1, 5, 7, 8, d_state, 2, dtype)
+    kernel = lambda *a: fused.ss2d_core(*a, delta_in_kernel=delta_in_kernel, **split)  # noqa: E731
+    ref = lambda *a: ss2d_core_reference(*a, scan_implementation="xla")  # noqa: E731
+    _check(kernel, ref, (x, *params), dtype, ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"))
+
+
+def test_split_walk_check_can_fail(monkeypatch):
+    """Splits started from zero states instead of their chained ones (`_split_boundaries`) must fail."""
+    x, *params = make_core_inputs(12, 1, 5, 7, 8, 1, 2, jnp.float32)
+    real = mgpu._split_boundaries
+    monkeypatch.setattr(mgpu, "_split_boundaries", lambda plan, s, prm, *, adjoint: jnp.zeros_like(
+        real(plan, s, prm, adjoint=adjoint)))
+    y = fused.ss2d_core(x, *params, seq_tile=4, bwd_seq_tile=4, splits=3, interpret=mosaic_gpu_interpreter())
+    assert rel_err(y, ss2d_core_reference(x, *params, scan_implementation="xla")) > 1e-2
+
+
 def test_interpreted_kernel_check_can_fail(monkeypatch):
     """The kernel with its in-tile reversal broken (reversed orders walk each tile forwards) must fail."""
     x, *params = make_core_inputs(13, 1, 3, 5, 8, 1, 2, jnp.float32)

@@ -68,6 +68,13 @@ def test_kernels_lower_for_cuda(d_state, dtype):
     assert _export_for_cuda(jax.grad(lambda *a: exact(*a).sum(), tuple(range(6))), *core) == 2
     xla_delta = lambda *a: fused.ss2d_core(*a, delta_in_kernel=False)  # noqa: E731 - delta read, not formed
     assert _export_for_cuda(jax.grad(lambda *a: xla_delta(*a).sum(), tuple(range(6))), *core) == 2
+    # A split walk: the forward adds the split-summary kernel; the gradient has the training forward's pair and the
+    # backward's (adjoint summaries, backward kernel).
+    split = lambda *a: fused.ss2d_core(*a, splits=2)  # noqa: E731
+    assert _export_for_cuda(split, *core) == 2
+    assert _export_for_cuda(jax.grad(lambda *a: split(*a).sum(), tuple(range(6))), *core) == 4
+    plain_split = lambda *a: mgpu.selective_scan(*a, splits=3)  # noqa: E731
+    assert _export_for_cuda(jax.grad(lambda *a: plain_split(*a).sum(), tuple(range(7))), *args) == 4
     shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in core]
     for fn, want in ((fused.ss2d_core, 1), (exact, 0)):  # softplus' log: lg2.approx in the kernel's PTX (default), or not
         text = jax.export.export(jax.jit(fn), platforms=["cuda"])(*shapes).mlir_module()
@@ -100,6 +107,21 @@ def test_tiles_too_short_for_tma_are_refused_before_the_gpu_sees_them():
     assert _export_for_cuda(lambda *a: mgpu.selective_scan(*a, seq_tile=16, bwd_seq_tile=16), *fp32) == 1  # 128 B
     core = make_core_inputs(0, 2, 5, 7, 96, 1, 6, jnp.bfloat16)  # time-major [dts | B | C] rows: no limit at 16
     assert _export_for_cuda(lambda *a: fused.ss2d_core(*a, seq_tile=16, bwd_seq_tile=16), *core) == 1
+
+
+def test_split_walks_cover_each_split_with_whole_tiles():
+    """Each of `splits` parts of the padded sequence is a whole number of both tiles, at least two (one pipeline per
+    split); one split keeps the unsplit padding."""
+    for length, splits in ((3136, 1), (3136, 2), (3136, 4), (3136, 7), (49, 3), (37, 5)):
+        tl_f, tl_b, lp = mgpu.plan_tiles(length, 1, splits=splits)
+        assert lp >= length and lp % splits == 0
+        part = lp // splits
+        assert part % tl_f == 0 and part % tl_b == 0 and part // max(tl_f, tl_b) >= 2, (length, splits)
+    assert mgpu.plan_tiles(3136, 1, splits=1) == mgpu.plan_tiles(3136, 1)
+    assert mgpu.plan_tiles(3136, 1, splits=7)[2] == 3136                    # 7 splits of 448 = 7 tiles of 64
+    assert mgpu.resolve_splits(None) == mgpu.SPLITS and mgpu.resolve_splits(4) == 4
+    with pytest.raises(ValueError, match="positive number of splits"):
+        mgpu.resolve_splits(0)
 
 
 def test_fast_plan_applies_only_where_the_gpu_checked_it():
@@ -148,7 +170,8 @@ def _emulated_y(plan, flip, uu, dlr, bc, Dv, bias, A):
     return flip(jax.vmap(one)(uu, dlr, bc, Dv, bias, A))
 
 
-def emulated_forward(plan, u, dl, proj_arr, prm, *, save_states):
+def emulated_forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
+    assert h0 is None, "the emulated kernels walk whole sequences (splits=1)"
     flip, seq = _per_sequence(plan, u, dl, proj_arr, prm)
     y = _emulated_y(plan, flip, *seq)
     tl = plan.tl_bwd if save_states else plan.tl_fwd
@@ -156,8 +179,9 @@ def emulated_forward(plan, u, dl, proj_arr, prm, *, save_states):
     return y, hs
 
 
-def emulated_backward(plan, u, dl, proj_arr, prm, hs, dy):
+def emulated_backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
     """The backward kernel's outputs: du, ddl per sequence; dBC (G, 2N, Lp); dprm (G, 2+N, Dp) = [dD, dbias, dA]."""
+    assert dh0 is None, "the emulated kernels walk whole sequences (splits=1)"
     flip, seq = _per_sequence(plan, u, dl, proj_arr, prm)
     _, vjp = jax.vjp(lambda *s: _emulated_y(plan, flip, *s), *seq)
     du, ddl, dbc, dD, dbias, dA = vjp(dy)

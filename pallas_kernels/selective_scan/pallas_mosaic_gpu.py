@@ -79,6 +79,8 @@ APPROX_MATH = os.environ.get("VMAMBA_MGPU_APPROX_MATH", "1") == "1"
 # on which they passed, until their tests rerun; approx_math=True / direct_store=True still ask for them by name.
 # VMAMBA_MGPU_FAST_PLAN_D_STATES=1,16 runs benchmarks/gpu_kernel_tests.py with d_state 16 on it too.
 FAST_PLAN_D_STATES = tuple(int(v) for v in os.environ.get("VMAMBA_MGPU_FAST_PLAN_D_STATES", "1").split(",") if v)
+# `_Plan.splits`' default: the walk unsplit until a GPU sweep shows where splitting pays. VMAMBA_MGPU_SPLITS sets it.
+SPLITS = int(os.environ.get("VMAMBA_MGPU_SPLITS", "1"))
 
 
 def resolve_approx_math(approx_math: bool | None, d_state: int) -> bool:
@@ -131,6 +133,14 @@ class _Plan:
     # Every step runs three of them (softplus' exp and log, exp(delta A)) on the chain of a latency-bound walk. The
     # interpreter computes them exactly, so only the GPU tests check this path.
     approx_math: bool = False
+    # The walk cut into this many consecutive splits of whole tiles, each split its own block (a third grid axis), so
+    # a stage-1 grid of 512 one-warpgroup blocks (batch 128 x 4 orders x one channel tile: ~4 an SM) becomes
+    # splits x as many. The scan is linear in its state, so a split's entering state is known from the splits before
+    # it: a summary kernel walks every split but the last from a zero state and returns its end state and its summed
+    # delta (the split's decay is exp(A * sum delta)); XLA chains those over the splits (`_split_boundaries`); the
+    # scan kernel then starts each split from its true state. The backward does the same for the adjoint carry, right
+    # to left. About 1.6x the forward's arithmetic for splits x the parallelism.
+    splits: int = 1
     # Pallas' Mosaic GPU interpreter parameters (tests on CPU), or None to compile for the GPU.
     interpret: object = None
 
@@ -259,6 +269,25 @@ def _block_coords(plan):
     return g, k, src, rev, d0
 
 
+def _grid(plan, G, n_ch, parts):
+    """(grid, grid_names): (G, n_ch) blocks, times `parts` splits of the walk when the plan splits it."""
+    if plan.splits > 1:
+        return (G, n_ch, parts), ("g", "d", "c")
+    return (G, n_ch), ("g", "d")
+
+
+def _split_index(plan):
+    """This block's split of the walk (0 when the plan does not split it)."""
+    return jax.lax.axis_index("c") if plan.splits > 1 else 0
+
+
+def _load_rows(src_ref, smem, bar, rows):
+    """`rows` (128,) register vectors from a (rows, 128) GMEM slice, through SMEM (one TMA copy)."""
+    plgpu.copy_gmem_to_smem(src_ref, smem, bar)
+    plgpu.barrier_wait(bar)
+    return tuple(smem[j] for j in range(rows))
+
+
 def _params(plan, p_smem):
     """Register vectors from the (2+N+R, 128) parameter tile: D, bias, A_j, dt_proj rows W_r."""
     n, r = plan.d_state, plan.rank
@@ -277,8 +306,9 @@ def _delta_raw(plan, proj, dl_s, pr_s, W, p):
 
 # ------------------------------------------------------------------------------------------------ forward
 
-def _forward(plan, u, dl, proj_arr, prm, *, save_states):
-    """u (batch*S, Lp, Dp); dl (G, Lp, Dp) or None (rank > 0); proj_arr (G, rows, Lp); prm (K, 2+N+R, Dp) f32.
+def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
+    """u (batch*S, Lp, Dp); dl (G, Lp, Dp) or None (rank > 0); proj_arr (G, rows, Lp); prm (K, 2+N+R, Dp) f32;
+    h0 (G, splits, N, Dp) f32, the state entering each split (`_split_boundaries`), when the plan splits the walk.
 
     Returns y (G, Lp, Dp) f32 (by position) and, if save_states, hs (G, Lp/tl, N, Dp) f32 (state entering each
     tile, in walk order)."""
@@ -286,6 +316,7 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states):
     _, lp, dp = u.shape
     n, tl = plan.d_state, plan.tl_bwd if save_states else plan.tl_fwd
     n_seq, n_ch = lp // tl, dp // LANES
+    n_loc = n_seq // plan.splits                      # tiles per split
     proj = _Proj(plan.rank, n, proj_arr.dtype.itemsize)
     proj_arr = proj.gmem_view(proj_arr)
     has_dl = plan.rank == 0
@@ -298,12 +329,17 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states):
         u_ref, *refs = refs
         dl_ref = refs.pop(0) if has_dl else None
         pr_ref, p_ref, *refs = refs
-        outs, (p_smem, bar) = refs[:len(out_shapes)], refs[len(out_shapes):]
+        h0_ref = refs.pop(0) if h0 is not None else None
+        outs, (p_smem, bar, *h_scratch) = refs[:len(out_shapes)], refs[len(out_shapes):]
         g, k, src, rev, d0 = _block_coords(plan)
+        c = _split_index(plan)
         plgpu.copy_gmem_to_smem(p_ref.at[k, :, pl.ds(d0, LANES)], p_smem, bar)
         plgpu.barrier_wait(bar)
         Dv, bias, A, W = _params(plan, p_smem)
-        chunk = functools.partial(_walk, rev, n=n_seq)
+        walk = lambda i: c * n_loc + i  # noqa: E731 - the walk tile of this split's pipeline step i
+        chunk = lambda i: _walk(rev, walk(i), n_seq)  # noqa: E731 - its position tile
+        h_init = tuple(_zeros(plan) for _ in range(n)) if h0 is None else _load_rows(
+            h0_ref.at[g, c, :, pl.ds(d0, LANES)], *h_scratch, n)
 
         def tile(idx, u_s, *rest):
             if has_dl:
@@ -313,7 +349,7 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states):
             if save_states:  # the state entering walk tile idx
                 for j in range(n):
                     if plan.direct_store:
-                        o_s[1][idx[0], j] = h[j]
+                        o_s[1][walk(idx[0]), j] = h[j]
                     else:
                         o_s[1][j] = h[j]
             # y's row: in the SMEM tile, or in the sequence when y goes straight to GMEM.
@@ -344,20 +380,22 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states):
         if plan.direct_store:
             out_specs = [pl.BlockSpec(memory_space=plgpu.GMEM)] * len(out_shapes)
         else:
-            out_specs = [seq] + ([pl.BlockSpec((None, n, LANES), lambda i: (i, 0, 0))] if save_states else [])
+            out_specs = [seq] + ([pl.BlockSpec((None, n, LANES), lambda i: (walk(i), 0, 0))] if save_states else [])
         out_refs = [outs[0].at[g, :, pl.ds(d0, LANES)]]
         if save_states:
             out_refs.append(outs[1].at[g, :, :, pl.ds(d0, LANES)])
         plgpu.emit_pipeline(
-            tile, grid=(n_seq,), in_specs=in_specs, out_specs=out_specs,
+            tile, grid=(n_loc,), in_specs=in_specs, out_specs=out_specs,
             max_concurrent_steps=MAX_CONCURRENT_STEPS,
-            init_carry=tuple(_zeros(plan) for _ in range(n)),
+            init_carry=h_init,
         )(*in_refs, *out_refs)
 
-    operands = [u] + ([dl] if has_dl else []) + [proj_arr, prm]
+    operands = [u] + ([dl] if has_dl else []) + [proj_arr, prm] + ([h0] if h0 is not None else [])
+    grid, grid_names = _grid(plan, G, n_ch, plan.splits)
     outs = plgpu.kernel(
-        body, out_type=out_shapes, grid=(G, n_ch), grid_names=("g", "d"),
-        scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1)],
+        body, out_type=out_shapes, grid=grid, grid_names=grid_names,
+        scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1)] + (
+            [plgpu.SMEM((n, LANES), f32), plgpu.Barrier(num_arrivals=1)] if h0 is not None else []),
         compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS,
                                              approx_math=plan.approx_math),
         **_interpret_kwargs(plan),
@@ -365,16 +403,119 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states):
     return tuple(outs) if save_states else (outs[0], None)
 
 
+# ------------------------------------------------------------------------------------------------ splits
+
+def _split_summaries(plan, x, dl, proj_arr, prm, *, adjoint):
+    """What each split of the walk does to a state: its end state from a zero start and its summed delta.
+
+    Forward (x = u (batch*S, Lp, Dp), by source row): splits 0..P-2 in walk order, h_t = exp(dt A) h + dt u B.
+    Adjoint (x = dy (G, Lp, Dp), by sequence): splits 1..P-1 walked backwards, the backward kernel's carry
+    dh <- (dh + dy C) exp(dt A). Returns (G, P-1, 1+N, Dp) f32, rows [sum of dt, state_0 .. state_{N-1}]; a split's
+    decay of the state it is entered with is exp(A * sum dt) (the product of its steps' exp(dt A))."""
+    G = proj_arr.shape[0]
+    _, lp, dp = x.shape
+    n, tl, P = plan.d_state, plan.tl_fwd, plan.splits
+    n_seq, n_ch = lp // tl, dp // LANES
+    n_loc = n_seq // P
+    proj = _Proj(plan.rank, n, proj_arr.dtype.itemsize)
+    proj_arr = proj.gmem_view(proj_arr)
+    has_dl = plan.rank == 0
+
+    def body(*refs):
+        x_ref, *refs = refs
+        dl_ref = refs.pop(0) if has_dl else None
+        pr_ref, p_ref, out_ref, p_smem, bar = refs
+        g, k, src, rev, d0 = _block_coords(plan)
+        c = jax.lax.axis_index("c") + int(adjoint)
+        plgpu.copy_gmem_to_smem(p_ref.at[k, :, pl.ds(d0, LANES)], p_smem, bar)
+        plgpu.barrier_wait(bar)
+        Dv, bias, A, W = _params(plan, p_smem)
+        walk = (lambda i: c * n_loc + n_loc - 1 - i) if adjoint else (lambda i: c * n_loc + i)
+        chunk = lambda i: _walk(rev, walk(i), n_seq)  # noqa: E731 - position tile of pipeline step i
+
+        def tile(idx, x_s, *rest):
+            if has_dl:
+                dl_s, pr_s, carry = rest
+            else:
+                dl_s, (pr_s, carry) = None, rest
+
+            def step(i, carry):
+                h, total = carry
+                p = _walk(rev, tl - 1 - i if adjoint else i, tl)
+                dt, _ = _softplus(_delta_raw(plan, proj, dl_s, pr_s, W, p) + bias, plan.softplus)
+                xx = x_s[p].astype(f32)
+                if adjoint:
+                    h = tuple((h[j] + xx * proj.c(pr_s, j, p)) * jnp.exp(dt * A[j]) for j in range(n))
+                else:
+                    h = tuple(jnp.exp(dt * A[j]) * h[j] + dt * xx * proj.b(pr_s, j, p) for j in range(n))
+                return h, total + dt
+
+            carry = jax.lax.fori_loop(0, tl, step, carry, unroll=plan.unroll)
+            plgpu.commit_smem()  # no outputs, so no commit before the pipeline refills this step's input slots
+            return carry
+
+        seq = pl.BlockSpec((tl, LANES), lambda i: (chunk(i), 0))
+        in_specs = [seq] + ([seq] if has_dl else []) + [proj.spec(tl, chunk)]
+        in_refs = [x_ref.at[g if adjoint else src, :, pl.ds(d0, LANES)]]
+        in_refs += ([dl_ref.at[g, :, pl.ds(d0, LANES)]] if has_dl else []) + [pr_ref.at[g]]
+        zero = _zeros(plan)
+        h, total = plgpu.emit_pipeline(
+            tile, grid=(n_loc,), in_specs=in_specs, out_specs=[], max_concurrent_steps=MAX_CONCURRENT_STEPS,
+            init_carry=(tuple(zero for _ in range(n)), zero),
+        )(*in_refs)
+        p_smem[0] = total
+        for j in range(n):
+            p_smem[1 + j] = h[j]
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(p_smem.at[pl.ds(0, 1 + n)], out_ref.at[g, c - int(adjoint), :, pl.ds(d0, LANES)])
+        plgpu.wait_smem_to_gmem(0)
+
+    operands = [x] + ([dl] if has_dl else []) + [proj_arr, prm]
+    grid, grid_names = _grid(plan, G, n_ch, P - 1)
+    return plgpu.kernel(
+        body, out_type=jax.ShapeDtypeStruct((G, P - 1, 1 + n, dp), f32), grid=grid, grid_names=grid_names,
+        scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1)],
+        compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS,
+                                             approx_math=plan.approx_math),
+        **_interpret_kwargs(plan),
+    )(*operands)
+
+
+def _split_boundaries(plan, summaries, prm, *, adjoint):
+    """(G, P-1, 1+N, Dp) split summaries -> (G, P, N, Dp) f32: the state (adjoint: the carry) each split starts from.
+
+    Forward: H_0 = 0, H_{c+1} = exp(A sum_c dt) H_c + h_c. Adjoint, right to left: DH_{P-1} = 0,
+    DH_{c-1} = exp(A sum_c dt) DH_c + dh_c. P is small (a few splits), so a Python loop of elementwise ops."""
+    G, n = summaries.shape[0], plan.d_state
+    A = jnp.tile(prm[:, 2:2 + n], (G // plan.groups, 1, 1))      # (G, N, Dp): sequence g = b*K + k has A_k
+    h = jnp.zeros((G, n, summaries.shape[-1]), f32)
+    out = [h]
+    for c in (reversed(range(plan.splits - 1)) if adjoint else range(plan.splits - 1)):
+        h = jnp.exp(A * summaries[:, c, :1]) * h + summaries[:, c, 1:]
+        out.append(h)
+    return jnp.stack(out[::-1] if adjoint else out, axis=1)
+
+
+def _split_starts(plan, x, dl, proj_arr, prm, *, adjoint):
+    """None for an unsplit walk, else the (G, P, N, Dp) states (adjoint: carries) the splits start from."""
+    if plan.splits == 1:
+        return None
+    summaries = _split_summaries(plan, x, dl, proj_arr, prm, adjoint=adjoint)
+    return _split_boundaries(plan, summaries, prm, adjoint=adjoint)
+
+
 # ------------------------------------------------------------------------------------------------ backward
 
-def _backward(plan, u, dl, proj_arr, prm, hs, dy):
-    """dy (G, Lp, Dp) f32, by position. Returns du, ddl (G, Lp, Dp) per sequence (u's dtype; ddl is d/d(delta
-    before bias)); dBC (G, 2N, Lp) f32 (summed over channel tiles); dprm (G, 2+N, Dp) f32 per sequence
-    [dD, dbias, dA_j]."""
+def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
+    """dy (G, Lp, Dp) f32, by position; dh0 (G, splits, N, Dp) f32, the adjoint carry each split's backward walk
+    starts from (`_split_boundaries`), when the plan splits the walk. Returns du, ddl (G, Lp, Dp) per sequence (u's
+    dtype; ddl is d/d(delta before bias)); dBC (G, 2N, Lp) f32 (summed over channel tiles); dprm (G, 2+N, Dp) f32 per
+    sequence [dD, dbias, dA_j]."""
     G = proj_arr.shape[0]
     _, lp, dp = u.shape
-    n, tl = plan.d_state, plan.tl_bwd
+    n, tl, P = plan.d_state, plan.tl_bwd, plan.splits
     n_seq, n_ch = lp // tl, dp // LANES
+    n_loc = n_seq // P
     proj = _Proj(plan.rank, n, proj_arr.dtype.itemsize)
     proj_arr = proj.gmem_view(proj_arr)
     has_dl = plan.rank == 0
@@ -386,19 +527,22 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy):
         jax.ShapeDtypeStruct((G, lp, dp), u.dtype),
         jax.ShapeDtypeStruct((G, lp, dp), ddl_dtype),
         jax.ShapeDtypeStruct((G, n_ch, n_seq, rows_pad), f32),     # per tile: [dB rows | dC rows | padding]
-        jax.ShapeDtypeStruct((G, 2 + n, dp), f32),
+        jax.ShapeDtypeStruct((G, P, 2 + n, dp), f32),                # per split, summed below
     ]
 
     def body(*refs):
         u_ref, *refs = refs
         dl_ref = refs.pop(0) if has_dl else None
-        pr_ref, p_ref, hs_ref, dy_ref, du_ref, ddl_ref, dbc_ref, dp_ref, p_smem, bar, st_smem, red_smem = refs
+        pr_ref, p_ref, hs_ref, dy_ref, *refs = refs
+        dh0_ref = refs.pop(0) if dh0 is not None else None
+        du_ref, ddl_ref, dbc_ref, dp_ref, p_smem, bar, st_smem, red_smem, *h_scratch = refs
         g, k, src, rev, d0 = _block_coords(plan)
+        c = _split_index(plan)
         dti = jax.lax.axis_index("d")
         plgpu.copy_gmem_to_smem(p_ref.at[k, :, pl.ds(d0, LANES)], p_smem, bar)
         plgpu.barrier_wait(bar)
         Dv, bias, A, W = _params(plan, p_smem)
-        back = lambda i: n_seq - 1 - i  # noqa: E731 - walk step of backward step i
+        back = lambda i: c * n_loc + n_loc - 1 - i  # noqa: E731 - walk tile of this split's backward step i
         chunk = lambda i: _walk(rev, back(i), n_seq)  # noqa: E731 - its position tile
 
         def tile(idx, u_s, *rest):
@@ -473,13 +617,15 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy):
         seq = pl.BlockSpec((tl, LANES), lambda i: (chunk(i), 0))
         grad_spec = pl.BlockSpec(memory_space=plgpu.GMEM) if plan.direct_store else seq
         zero = _zeros(plan)
-        init = (tuple(zero for _ in range(n)), tuple(zero for _ in range(n)), zero, zero)
+        dh_init = tuple(zero for _ in range(n)) if dh0 is None else _load_rows(
+            dh0_ref.at[g, c, :, pl.ds(d0, LANES)], *h_scratch, n)
+        init = (dh_init, tuple(zero for _ in range(n)), zero, zero)
         in_specs = [seq] + ([seq] if has_dl else []) + [
             proj.spec(tl, chunk), pl.BlockSpec((None, n, LANES), lambda i: (back(i), 0, 0)), seq]
         in_refs = [u_ref.at[src, :, pl.ds(d0, LANES)]] + ([dl_ref.at[g, :, pl.ds(d0, LANES)]] if has_dl else [])
         in_refs += [pr_ref.at[g], hs_ref.at[g, :, :, pl.ds(d0, LANES)], dy_ref.at[g, :, pl.ds(d0, LANES)]]
         dh, dA, dD, dbias = plgpu.emit_pipeline(
-            tile, grid=(n_seq,), in_specs=in_specs,
+            tile, grid=(n_loc,), in_specs=in_specs,
             out_specs=[grad_spec, grad_spec, pl.BlockSpec(memory_space=plgpu.GMEM) if plan.direct_store
                        else pl.BlockSpec((None, rows_pad), lambda i: (chunk(i), 0))],
             max_concurrent_steps=MAX_CONCURRENT_STEPS,
@@ -492,21 +638,23 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy):
         for j in range(n):
             p_smem[2 + j] = dA[j]
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(p_smem.at[pl.ds(0, 2 + n)], dp_ref.at[g, :, pl.ds(d0, LANES)])
+        plgpu.copy_smem_to_gmem(p_smem.at[pl.ds(0, 2 + n)], dp_ref.at[g, c, :, pl.ds(d0, LANES)])
         plgpu.wait_smem_to_gmem(0)
 
-    operands = [u] + ([dl] if has_dl else []) + [proj_arr, prm, hs, dy]
+    operands = [u] + ([dl] if has_dl else []) + [proj_arr, prm, hs, dy] + ([dh0] if dh0 is not None else [])
+    grid, grid_names = _grid(plan, G, n_ch, P)
     du, ddl, dbc, dprm = plgpu.kernel(
-        body, out_type=out_shapes, grid=(G, n_ch), grid_names=("g", "d"),
+        body, out_type=out_shapes, grid=grid, grid_names=grid_names,
         scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1),
-                       plgpu.SMEM((tl + 1, n, LANES), f32), plgpu.SMEM((rows_pad, LANES), f32)],
+                       plgpu.SMEM((tl + 1, n, LANES), f32), plgpu.SMEM((rows_pad, LANES), f32)] + (
+            [plgpu.SMEM((n, LANES), f32), plgpu.Barrier(num_arrivals=1)] if dh0 is not None else []),
         compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS,
                                              approx_math=plan.approx_math),
         **_interpret_kwargs(plan),
     )(*operands)
     dbc = dbc.sum(1)[..., :2 * rows].reshape(G, n_seq, 2, tl, n)      # (G, tiles, {B,C}, TL, N)
     dBC = jnp.moveaxis(dbc, (2, 4), (1, 2)).reshape(G, 2 * n, lp)                  # rows [B_0.., C_0..]
-    return du, ddl, dBC, dprm
+    return du, ddl, dBC, dprm.sum(1)
 
 
 # ------------------------------------------------------------------------------------------------ custom_vjp core
@@ -516,7 +664,13 @@ def scan(plan, u, dl, proj_arr, prm):
     """The laid-out op. u (batch*S, Lp, Dp); dl (G, Lp, Dp) or None when plan.rank > 0; proj_arr (G, R+2N, Lp) rows
     [dts | B | C]; prm (K, 2+N+R, Dp) f32 rows [D, bias, A_0.., W_0..] (W_r: dt_proj's weight column r).
     Returns y (G, Lp, Dp) f32, by position, G = batch*K. Differentiable in u, dl, proj_arr and prm."""
-    return _forward(plan, u, dl, proj_arr, prm, save_states=False)[0]
+    return _forward_walk(plan, u, dl, proj_arr, prm, save_states=False)[0]
+
+
+def _forward_walk(plan, u, dl, proj_arr, prm, *, save_states):
+    """`_forward`, with the splits' entering states first when the plan splits the walk."""
+    h0 = _split_starts(plan, u, dl, proj_arr, prm, adjoint=False)
+    return _forward(plan, u, dl, proj_arr, prm, save_states=save_states, h0=h0)
 
 
 def saves_states(plan: _Plan) -> bool:
@@ -533,17 +687,19 @@ def saves_states(plan: _Plan) -> bool:
 
 def _scan_fwd(plan, u, dl, proj_arr, prm):
     # hs is None when the backward recomputes the boundary states (at its own tile size).
-    y, hs = _forward(plan, u, dl, proj_arr, prm, save_states=saves_states(plan))
+    y, hs = _forward_walk(plan, u, dl, proj_arr, prm, save_states=saves_states(plan))
     return y, (u, dl, proj_arr, prm, hs)
 
 
 def _scan_bwd(plan, res, dy):
     u, dl, proj_arr, prm, hs = res
     if hs is None:
-        hs = _forward(plan, u, dl, proj_arr, prm, save_states=True)[1]
+        hs = _forward_walk(plan, u, dl, proj_arr, prm, save_states=True)[1]
     G, K, S, n, r = proj_arr.shape[0], plan.groups, plan.sources, plan.d_state, plan.rank
     batch = G // K
-    du, ddl, dBC, dprm = _backward(plan, u, dl, proj_arr, prm, hs, dy.astype(f32))
+    dy = dy.astype(f32)
+    dh0 = _split_starts(plan, dy, dl, proj_arr, prm, adjoint=True)
+    du, ddl, dBC, dprm = _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0)
     if plan.source != tuple(range(K)):  # orders that share a source: sum their du into it
         du = du.reshape(batch, K, *du.shape[1:]).astype(f32)
         du = jnp.stack([sum(du[:, k] for k in range(K) if plan.source[k] == s) for s in range(S)], axis=1)
@@ -575,8 +731,8 @@ def resolve_direct_store(direct_store: bool | None, interpret, d_state: int) -> 
 
 
 def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_tile: int | None = None,
-               min_tile: int | None = None):
-    """(tl_fwd, tl_bwd, padded length).
+               min_tile: int | None = None, splits: int = 1):
+    """(tl_fwd, tl_bwd, padded length): a whole number of both tiles in each of `splits` equal splits.
 
     With a `min_tile` (the fused core's), a sequence shorter than two default tiles gets the power-of-two tiles
     (>= min_tile) of which two cover it: the walk is serial, so each padded step costs as much as a real one. With the
@@ -594,24 +750,35 @@ def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_t
     # At least two sequence tiles: with a one-step grid `emit_pipeline` treats every block as index-invariant and
     # takes another copy path, which crashed (CUDA illegal address) for a 128-channel tile at a nonzero offset
     # (L=37, C=192 in benchmarks/results/gpu_kernel_tests_h100.md). Padded steps are neutral, so this costs only time.
-    return tl_f, tl_b, step * max(2, math.ceil(length / step))
+    # The same holds per split: each split is its own pipeline.
+    return tl_f, tl_b, step * splits * max(2, math.ceil(length / (step * splits)))
+
+
+def resolve_splits(splits: int | None) -> int:
+    """None -> the module default (SPLITS)."""
+    splits = SPLITS if splits is None else int(splits)
+    if splits < 1:
+        raise ValueError(f"splits must be a positive number of splits of the walk, got {splits}")
+    return splits
 
 
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *,
                    seq_tile: int | None = None, bwd_seq_tile: int | None = None, unroll: int | None = None,
-                   direct_store: bool | None = None, approx_math: bool | None = None, interpret=None):
+                   direct_store: bool | None = None, approx_math: bool | None = None, splits: int | None = None,
+                   interpret=None):
     """Same contract as `reference.selective_scan_reference`: y fp32 (batch, K*D, L); differentiable.
 
     The keywords are the kernel's tuning knobs (`_Plan`; None: the module defaults) and Pallas' Mosaic GPU
     interpreter parameters (`testing.mosaic_gpu_interpreter()`, for tests on CPU)."""
     batch, channels, length, groups, d_state = check_inputs(u, delta, A, B, C, D, delta_bias)
     per_group = channels // groups
-    tl_f, tl_b, lp = plan_tiles(length, d_state, seq_tile, bwd_seq_tile)  # the default tiles (see plan_tiles)
+    splits = resolve_splits(splits)
+    tl_f, tl_b, lp = plan_tiles(length, d_state, seq_tile, bwd_seq_tile, splits=splits)  # default tiles: plan_tiles
     dp = LANES * math.ceil(per_group / LANES)
     plan = _Plan(groups=groups, source=tuple(range(groups)), reverse=(False,) * groups, rank=0, d_state=d_state,
                  tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=unroll or UNROLL,
                  direct_store=resolve_direct_store(direct_store, interpret, d_state),
-                 approx_math=resolve_approx_math(approx_math, d_state), interpret=interpret)
+                 approx_math=resolve_approx_math(approx_math, d_state), splits=splits, interpret=interpret)
     check_tma_tiles(plan, B.dtype.itemsize)
 
     def seq(x):  # (batch, K*D, L) -> (batch*K, Lp, Dp), channel-minor, zero padded
