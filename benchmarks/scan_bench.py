@@ -68,6 +68,11 @@ SWEEP = [dict(seq_tile=tf, bwd_seq_tile=tb, unroll=u, direct_store=ds, approx_ma
     (64, 32, 1, False, False), (64, 32, 1, False, True), (64, 32, 1, True, True), (128, 32, 1, True, True),
     (32, 32, 1, True, True), (64, 64, 1, True, True), (128, 64, 1, True, True)]]
 
+# --split-sweep: the walk cut into `splits` blocks (`_Plan.splits`) at the default tiles, per (map side, channels).
+# Stage 1's grid is 512 blocks for 132 SMs: 7 splits (its 49 forward tiles of 64, none padded) give 3584. Stage 2's
+# 784 steps are fewer but its grid is half as wide again. Result (H200): no split plan paid, results/scan_splits_h200.md.
+SPLIT_SWEEP = {(56, 96): (1, 2, 4, 7), (28, 192): (1, 2, 4)}
+
 
 # --profile: (op, plan) pairs, the default plans (approx_math, direct_store) and the exact-math ones.
 PROFILE_VARIANTS = [("scan", {}), ("ss2d_core", {}),
@@ -251,6 +256,9 @@ def main():
     p.add_argument("--delta-sweep", action="store_true",
                    help="only time the fused core at VMamba-T's four stages with delta formed in the kernel and by "
                         "XLA (`delta_in_kernel`), each checked, beside the plain kernel's composition")
+    p.add_argument("--split-sweep", action="store_true",
+                   help="only time the plain scan and the fused core at stages 1-2 with the walk split into "
+                        "SPLIT_SWEEP's numbers of blocks, each checked")
     p.add_argument("--profile-map", type=int, default=56, choices=[hw for hw, _ in STAGES],
                    help="--profile at this VMamba-T stage (map side; its channels from STAGES): 14 is where the "
                         "fused core's forward+backward lost to the plain kernel's composition "
@@ -300,12 +308,21 @@ def main():
             run("delta", "ss2d_core/pallas_mosaic_gpu", shape,
                 lambda: bench_ss2d("pallas_mosaic_gpu", 128, hw, c, 1, "bf16"))
         impls, args.skip_model = [], True
+    if args.split_sweep:
+        for (hw, c), counts in SPLIT_SWEEP.items():
+            shape = dict(B=128, K=4, C=c, N=1, L=hw * hw, dtype="bf16")
+            for splits in counts:
+                run("splits", f"pallas_mosaic_gpu{{'splits': {splits}}}", shape,
+                    lambda: bench_scan("", 128, 4, c, 1, hw * hw, "bf16", splits=splits))
+                run("splits", f"ss2d_core/fused_mosaic_gpu{{'splits': {splits}}}", shape,
+                    lambda: bench_ss2d("", 128, hw, c, 1, "bf16", splits=splits))
+        impls, args.skip_model = [], True
     for impl in impls:
         for (b, k, c, n, length, dt) in SHAPES:
             shape = dict(B=b, K=k, C=c, N=n, L=length, dtype=dt)
             run("scan", impl, shape, lambda: bench_scan(impl, b, k, c, n, length, dt))
     from pallas_kernels.ss2d import api as ss2d_api
-    only = args.sweep or args.profile or args.delta_sweep
+    only = args.sweep or args.profile or args.delta_sweep or args.split_sweep
     ss2d_impls = [] if only else [i for i in args.ss2d_impls.split(",") if _supported(ss2d_api, i)]
     for impl in ss2d_impls:
         for hw, c in STAGES:

@@ -79,7 +79,8 @@ APPROX_MATH = os.environ.get("VMAMBA_MGPU_APPROX_MATH", "1") == "1"
 # on which they passed, until their tests rerun; approx_math=True / direct_store=True still ask for them by name.
 # VMAMBA_MGPU_FAST_PLAN_D_STATES=1,16 runs benchmarks/gpu_kernel_tests.py with d_state 16 on it too.
 FAST_PLAN_D_STATES = tuple(int(v) for v in os.environ.get("VMAMBA_MGPU_FAST_PLAN_D_STATES", "1").split(",") if v)
-# `_Plan.splits`' default: the walk unsplit until a GPU sweep shows where splitting pays. VMAMBA_MGPU_SPLITS sets it.
+# `_Plan.splits`' default: unsplit. On the H200 every split plan was 5-33% slower at stages 1-2, forward and backward
+# (benchmarks/results/scan_splits_h200.md). VMAMBA_MGPU_SPLITS sets it (the GPU tests ran with 3).
 SPLITS = int(os.environ.get("VMAMBA_MGPU_SPLITS", "1"))
 
 
