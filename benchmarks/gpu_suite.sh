@@ -79,7 +79,9 @@ for s in "$@"; do
               wait
               grep -h "cases passed\|FAIL" "$RES"/kernels_*.log | head -40
               summary+=("kernels $((SECONDS - t0))s"); tar czf "$OUT/suite.tgz" -C "$RES" . ;;
-    sweep)    stage sweep "${SWEEP_S:-240}" python3 benchmarks/scan_bench.py --sweep --out "$RES/scan_sweep.json" ;;
+    sweep)    # SWEEP_PLANS: a JSON list of plans to time instead of scan_bench's SWEEP
+              stage sweep "${SWEEP_S:-240}" python3 benchmarks/scan_bench.py --sweep ${SWEEP_PLANS:+--plans "$SWEEP_PLANS"} \
+                --out "$RES/scan_sweep.json" ;;
     breakdown) stage breakdown "${BREAKDOWN_S:-300}" python3 benchmarks/train_step_breakdown.py ${SCAN_IMPL:+--impl "$SCAN_IMPL"} \
                 --variants "${BREAKDOWN:-model,shift_conv}" --out "$RES/train_step_breakdown.json" ;;
     parity)   stage parity 300 python3 -m pytest -q -p no:cacheprovider tests/test_vmamba_parity.py \

@@ -250,6 +250,9 @@ def main():
     p.add_argument("--skip-model", action="store_true")
     p.add_argument("--sweep", action="store_true",
                    help="only time the GPU kernels' (seq_tile, bwd_seq_tile, unroll) variants at stage 1, bf16")
+    p.add_argument("--plans", default=None,
+                   help="--sweep these plans instead of SWEEP: a JSON list of _Plan knob dicts, "
+                        "e.g. '[{\"bwd_seq_tile\": 8}]' (unnamed knobs keep their defaults)")
     p.add_argument("--profile", action="store_true",
                    help="only trace the stage-1 (bf16) plain scan and fused core, default and PROFILE_VARIANTS plans: "
                         "device time per op category")
@@ -294,7 +297,7 @@ def main():
         impls, args.skip_model = [], True
     if args.sweep:
         stage1 = dict(B=128, K=4, C=96, N=1, L=3136, dtype="bf16")
-        for kw in SWEEP:
+        for kw in json.loads(args.plans) if args.plans else SWEEP:
             run("sweep", f"pallas_mosaic_gpu{kw}", stage1, lambda: bench_scan("", 128, 4, 96, 1, 3136, "bf16", **kw))
             run("sweep", f"ss2d_core/fused_mosaic_gpu{kw}", stage1,
                 lambda: bench_ss2d("", 128, 56, 96, 1, "bf16", **kw))
