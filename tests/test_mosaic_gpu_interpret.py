@@ -87,6 +87,24 @@ def test_split_walks_in_interpreter(op, d_state, dtype, delta_in_kernel):
     _check(kernel, ref, (x, *params), dtype, ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"))
 
 
+@pytest.mark.parametrize("op,d_state,dtype", [
+    ("scan", 1, jnp.float32), ("fused", 1, jnp.float32), ("fused", 2, jnp.bfloat16)],
+    ids=["scan-N1-fp32", "fused-N1-fp32", "fused-N2-bf16"])
+def test_dbc_by_xla_in_interpreter(op, d_state, dtype):
+    """The backward's dB / dC from per-channel products the kernel writes and XLA sums (`dbc_by_xla`), which the
+    gradients of B, C (the plain scan) and of x_proj's weight (the fused core) take."""
+    plan = dict(seq_tile=4, bwd_seq_tile=4, dbc_by_xla=True, interpret=mosaic_gpu_interpreter())
+    if op == "scan":
+        args = make_inputs(14, batch=1, groups=2, per_group=8, d_state=d_state, length=37, dtype=dtype)
+        _check(lambda *a: mgpu.selective_scan(*a, **plan), selective_scan_reference, args, dtype,
+               ("u", "delta", "A", "B", "C", "D", "delta_bias"))
+        return
+    x, *params = make_core_inputs(15, 1, 5, 7, 8, d_state, 2, dtype)
+    ref = lambda *a: ss2d_core_reference(*a, scan_implementation="xla")  # noqa: E731
+    _check(lambda *a: fused.ss2d_core(*a, **plan), ref, (x, *params), dtype,
+           ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"))
+
+
 def test_split_walk_check_can_fail(monkeypatch):
     """Splits started from zero states instead of their chained ones (`_split_boundaries`) must fail."""
     x, *params = make_core_inputs(12, 1, 5, 7, 8, 1, 2, jnp.float32)

@@ -81,6 +81,16 @@ def test_kernels_lower_for_cuda(d_state, dtype):
         assert text.count("lg2.approx") == want
 
 
+def test_dbc_by_xla_needs_direct_store():
+    """The products go straight to GMEM, so a plan with SMEM output tiles is refused when the backward is traced."""
+    args = make_inputs(0, batch=2, groups=4, per_group=96, d_state=1, length=64, dtype=jnp.float32)
+    grad = jax.grad(lambda *a: mgpu.selective_scan(*a, direct_store=False, dbc_by_xla=True).sum(), tuple(range(7)))
+    with pytest.raises(ValueError, match="needs direct_store=True"):
+        _export_for_cuda(grad, *args)
+    fast = jax.grad(lambda *a: mgpu.selective_scan(*a, dbc_by_xla=True).sum(), tuple(range(7)))
+    assert _export_for_cuda(fast, *args) == 2
+
+
 def test_direct_store_tiles_end_with_a_warpgroup_barrier(monkeypatch):
     """With every output in GMEM, emit_pipeline refills a step's input slots right after its body without syncing
     the warpgroup (a race only the GPU shows: the direct_store plans were off by 0.08-0.36 on the H200); the kernels

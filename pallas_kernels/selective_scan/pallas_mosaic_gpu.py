@@ -82,6 +82,9 @@ FAST_PLAN_D_STATES = tuple(int(v) for v in os.environ.get("VMAMBA_MGPU_FAST_PLAN
 # `_Plan.splits`' default: unsplit. On the H200 every split plan was 5-33% slower at stages 1-2, forward and backward
 # (benchmarks/results/scan_splits_h200.md). VMAMBA_MGPU_SPLITS sets it (the GPU tests ran with 3).
 SPLITS = int(os.environ.get("VMAMBA_MGPU_SPLITS", "1"))
+# `_Plan.dbc_by_xla`'s default (direct_store plans only): off until the GPU tests and a sweep show it.
+# VMAMBA_MGPU_DBC_BY_XLA=1 turns it on.
+DBC_BY_XLA = os.environ.get("VMAMBA_MGPU_DBC_BY_XLA", "0") == "1"
 
 
 def resolve_approx_math(approx_math: bool | None, d_state: int) -> bool:
@@ -142,6 +145,13 @@ class _Plan:
     # scan kernel then starts each split from its true state. The backward does the same for the adjoint carry, right
     # to left. About 1.6x the forward's arithmetic for splits x the parallelism.
     splits: int = 1
+    # The backward's dB / dC (sums over channels, per step) left to XLA: the kernel writes each step's per-channel
+    # products dh_j * delta * u and h_j * dy straight to GMEM ((G, 2N, Lp, Dp) f32, direct_store only) and XLA sums
+    # them, instead of staging a tile's products in a (64-row, 128) f32 SMEM buffer for a cross-lane row sum. That
+    # buffer is 32 KB of the backward's 109.5 KB at the fused core's stage-1 plan (bwd tile 32), and SMEM is what caps
+    # its blocks an SM (2 of the 4 a stage-1 grid needs for one wave). Costs 2N f32 (Lp, Dp) writes and reads per
+    # sequence, so for small d_state.
+    dbc_by_xla: bool = False
     # Pallas' Mosaic GPU interpreter parameters (tests on CPU), or None to compile for the GPU.
     interpret: object = None
 
@@ -523,11 +533,15 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
     rows = tl * n                                   # dB (or dC) rows per tile: p*N + j
     rows_pad = ROWS * math.ceil(2 * rows / ROWS)    # dB rows then dC rows, padded to the WGMMA row tile
     ddl_dtype = dl.dtype if has_dl else u.dtype
+    by_xla = plan.dbc_by_xla
+    if by_xla and not plan.direct_store:
+        raise ValueError("dbc_by_xla writes its products straight to GMEM: it needs direct_store=True")
 
     out_shapes = [
         jax.ShapeDtypeStruct((G, lp, dp), u.dtype),
         jax.ShapeDtypeStruct((G, lp, dp), ddl_dtype),
-        jax.ShapeDtypeStruct((G, n_ch, n_seq, rows_pad), f32),     # per tile: [dB rows | dC rows | padding]
+        # by XLA: per step and channel [dB products | dC products]; else per tile: [dB rows | dC rows | padding]
+        jax.ShapeDtypeStruct((G, 2 * n, lp, dp) if by_xla else (G, n_ch, n_seq, rows_pad), f32),
         jax.ShapeDtypeStruct((G, P, 2 + n, dp), f32),                # per split, summed below
     ]
 
@@ -536,7 +550,9 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
         dl_ref = refs.pop(0) if has_dl else None
         pr_ref, p_ref, hs_ref, dy_ref, *refs = refs
         dh0_ref = refs.pop(0) if dh0 is not None else None
-        du_ref, ddl_ref, dbc_ref, dp_ref, p_smem, bar, st_smem, red_smem, *h_scratch = refs
+        du_ref, ddl_ref, dbc_ref, dp_ref, p_smem, bar, st_smem, *refs = refs
+        red_smem = None if by_xla else refs.pop(0)
+        h_scratch = refs
         g, k, src, rev, d0 = _block_coords(plan)
         c = _split_index(plan)
         dti = jax.lax.axis_index("d")
@@ -587,13 +603,19 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                 for j in range(n):
                     b = proj.b(pr_s, j, p)
                     c = proj.c(pr_s, j, p)
-                    red_smem[rows + p * n + j] = st_smem[t + 1, j] * dy          # dC row
+                    if by_xla:
+                        dbc_s[n + j, g_row(p)] = st_smem[t + 1, j] * dy             # dC product
+                    else:
+                        red_smem[rows + p * n + j] = st_smem[t + 1, j] * dy      # dC row
                     dhj = dh[j] + dy * c                                          # adjoint of h_t
                     a = jnp.exp(dt * A[j])
                     gj = dhj * st_smem[t, j] * a
                     ddt = ddt + gj * A[j]
                     dhb = dhb + dhj * b
-                    red_smem[p * n + j] = dhj * dtu                               # dB row
+                    if by_xla:
+                        dbc_s[j, g_row(p)] = dhj * dtu                              # dB product
+                    else:
+                        red_smem[p * n + j] = dhj * dtu                           # dB row
                     dA_new.append(dA[j] + gj * dt)
                     dh_new.append(dhj * a)
                 ddt = ddt + dhb * uu
@@ -603,6 +625,9 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                 return tuple(dh_new), tuple(dA_new), dD + dy * uu, dbias + draw
 
             carry = jax.lax.fori_loop(0, tl, step, carry, unroll=plan.unroll)
+            if by_xla:
+                _end_direct_tile(plan)
+                return carry
             plgpu.commit_smem()  # the row sums read rows other threads wrote
             if plan.interpret is None:  # row sums need the WGMMA register layout; the interpreter has no layouts
                 sums = plgpu.load(red_smem, (), layout=plgpu.Layout.WGMMA, optimized=False).sum(axis=1)
@@ -631,7 +656,8 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                        else pl.BlockSpec((None, rows_pad), lambda i: (chunk(i), 0))],
             max_concurrent_steps=MAX_CONCURRENT_STEPS,
             init_carry=init,
-        )(*in_refs, du_ref.at[g, :, pl.ds(d0, LANES)], ddl_ref.at[g, :, pl.ds(d0, LANES)], dbc_ref.at[g, dti])
+        )(*in_refs, du_ref.at[g, :, pl.ds(d0, LANES)], ddl_ref.at[g, :, pl.ds(d0, LANES)],
+          dbc_ref.at[g, :, :, pl.ds(d0, LANES)] if by_xla else dbc_ref.at[g, dti])
 
         # Per-channel parameter grads of this (sequence, channel tile): written once.
         p_smem[0] = dD
@@ -647,12 +673,14 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
     du, ddl, dbc, dprm = plgpu.kernel(
         body, out_type=out_shapes, grid=grid, grid_names=grid_names,
         scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1),
-                       plgpu.SMEM((tl + 1, n, LANES), f32), plgpu.SMEM((rows_pad, LANES), f32)] + (
+                       plgpu.SMEM((tl + 1, n, LANES), f32)] + ([] if by_xla else [plgpu.SMEM((rows_pad, LANES), f32)]) + (
             [plgpu.SMEM((n, LANES), f32), plgpu.Barrier(num_arrivals=1)] if dh0 is not None else []),
         compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS,
                                              approx_math=plan.approx_math),
         **_interpret_kwargs(plan),
     )(*operands)
+    if by_xla:
+        return du, ddl, dbc.sum(-1), dprm.sum(1)                                   # (G, 2N, Lp): rows [B_0.., C_0..]
     dbc = dbc.sum(1)[..., :2 * rows].reshape(G, n_seq, 2, tl, n)      # (G, tiles, {B,C}, TL, N)
     dBC = jnp.moveaxis(dbc, (2, 4), (1, 2)).reshape(G, 2 * n, lp)                  # rows [B_0.., C_0..]
     return du, ddl, dBC, dprm.sum(1)
@@ -755,6 +783,11 @@ def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_t
     return tl_f, tl_b, step * splits * max(2, math.ceil(length / (step * splits)))
 
 
+def resolve_dbc_by_xla(dbc_by_xla: bool | None, direct_store: bool) -> bool:
+    """None -> the module default (DBC_BY_XLA) where the plan stores straight to GMEM, else off."""
+    return bool(DBC_BY_XLA and direct_store if dbc_by_xla is None else dbc_by_xla)
+
+
 def resolve_splits(splits: int | None) -> int:
     """None -> the module default (SPLITS)."""
     splits = SPLITS if splits is None else int(splits)
@@ -766,7 +799,7 @@ def resolve_splits(splits: int | None) -> int:
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *,
                    seq_tile: int | None = None, bwd_seq_tile: int | None = None, unroll: int | None = None,
                    direct_store: bool | None = None, approx_math: bool | None = None, splits: int | None = None,
-                   interpret=None):
+                   dbc_by_xla: bool | None = None, interpret=None):
     """Same contract as `reference.selective_scan_reference`: y fp32 (batch, K*D, L); differentiable.
 
     The keywords are the kernel's tuning knobs (`_Plan`; None: the module defaults) and Pallas' Mosaic GPU
@@ -776,10 +809,11 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     splits = resolve_splits(splits)
     tl_f, tl_b, lp = plan_tiles(length, d_state, seq_tile, bwd_seq_tile, splits=splits)  # default tiles: plan_tiles
     dp = LANES * math.ceil(per_group / LANES)
+    direct_store = resolve_direct_store(direct_store, interpret, d_state)
     plan = _Plan(groups=groups, source=tuple(range(groups)), reverse=(False,) * groups, rank=0, d_state=d_state,
                  tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=unroll or UNROLL,
-                 direct_store=resolve_direct_store(direct_store, interpret, d_state),
-                 approx_math=resolve_approx_math(approx_math, d_state), splits=splits, interpret=interpret)
+                 direct_store=direct_store, approx_math=resolve_approx_math(approx_math, d_state), splits=splits,
+                 dbc_by_xla=resolve_dbc_by_xla(dbc_by_xla, direct_store), interpret=interpret)
     check_tma_tiles(plan, B.dtype.itemsize)
 
     def seq(x):  # (batch, K*D, L) -> (batch*K, Lp, Dp), channel-minor, zero padded

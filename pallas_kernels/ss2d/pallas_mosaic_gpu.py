@@ -53,7 +53,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
               directions: tuple[int, ...] = ALL_DIRECTIONS, seq_tile: int | None = None,
               bwd_seq_tile: int | None = None, unroll: int | None = None, direct_store: bool | None = None,
               approx_math: bool | None = None, delta_in_kernel: bool | None = None, splits: int | None = None,
-              interpret=None):
+              dbc_by_xla: bool | None = None, interpret=None):
     """x (B, H, W, D) compute dtype -> y (B, H, W, D) fp32, the merged scan output before out_norm; differentiable.
 
     Parameters as in `reference.ss2d_core_reference` (fp32; K = len(directions) parameter sets). The keywords after
@@ -71,10 +71,11 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     splits = mgpu.resolve_splits(splits)
     tl_f, tl_b, lp = mgpu.plan_tiles(L, n, seq_tile, bwd_seq_tile, min_tile=short, splits=splits)
     dp = mgpu.LANES * -(-d // mgpu.LANES)
+    direct_store = mgpu.resolve_direct_store(direct_store, interpret, n)
     plan = mgpu._Plan(groups=k_n, source=plan_src, reverse=tuple(k >= 2 for k in directions), rank=kr, d_state=n,
                       tl_fwd=tl_f, tl_bwd=tl_b, softplus=True, unroll=unroll or mgpu.UNROLL,
-                      direct_store=mgpu.resolve_direct_store(direct_store, interpret, n),
-                      approx_math=mgpu.resolve_approx_math(approx_math, n), splits=splits, interpret=interpret)
+                      direct_store=direct_store, approx_math=mgpu.resolve_approx_math(approx_math, n), splits=splits,
+                      dbc_by_xla=mgpu.resolve_dbc_by_xla(dbc_by_xla, direct_store), interpret=interpret)
 
     views = {0: x.reshape(b, L, d), 1: jnp.swapaxes(x, 1, 2).reshape(b, L, d)}
     src = jnp.stack([views[s] for s in layouts], axis=1)                # (B, S, L, D)
