@@ -68,9 +68,8 @@ def test_fused_core_kernel_in_interpreter(d_state, dtype, directions, delta_in_k
 
 
 @pytest.mark.parametrize("op,d_state,dtype,delta_in_kernel", [
-    ("scan", 1, jnp.float32, None), ("fused", 1, jnp.float32, True), ("fused", 4, jnp.float32, False),
-    ("fused", 1, jnp.bfloat16, True)], ids=["scan-N1-fp32", "fused-N1-fp32", "fused-N4-fp32-delta-from-xla",
-                                             "fused-N1-bf16"])
+    ("scan", 1, jnp.float32, None), ("fused", 1, jnp.bfloat16, True), ("fused", 2, jnp.float32, False)],
+    ids=["scan-N1-fp32", "fused-N1-bf16", "fused-N2-fp32-delta-from-xla"])
 def test_split_walks_in_interpreter(op, d_state, dtype, delta_in_kernel):
     """The walk cut into 3 splits of three 4-step tiles (`splits`): the split-summary kernel, XLA's chain of the
     splits' entering states and adjoint carries, and the scan kernels started from them, forward and backward (on a
@@ -88,8 +87,7 @@ def test_split_walks_in_interpreter(op, d_state, dtype, delta_in_kernel):
 
 
 @pytest.mark.parametrize("op,d_state,dtype", [
-    ("scan", 1, jnp.float32), ("fused", 1, jnp.float32), ("fused", 2, jnp.bfloat16)],
-    ids=["scan-N1-fp32", "fused-N1-fp32", "fused-N2-bf16"])
+    ("scan", 1, jnp.float32), ("fused", 2, jnp.bfloat16)], ids=["scan-N1-fp32", "fused-N2-bf16"])
 def test_dbc_by_xla_in_interpreter(op, d_state, dtype):
     """The backward's dB / dC from per-channel products the kernel writes and XLA sums (`dbc_by_xla`), which the
     gradients of B, C (the plain scan) and of x_proj's weight (the fused core) take."""

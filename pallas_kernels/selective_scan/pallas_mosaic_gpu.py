@@ -82,8 +82,11 @@ FAST_PLAN_D_STATES = tuple(int(v) for v in os.environ.get("VMAMBA_MGPU_FAST_PLAN
 # `_Plan.splits`' default: unsplit. On the H200 every split plan was 5-33% slower at stages 1-2, forward and backward
 # (benchmarks/results/scan_splits_h200.md). VMAMBA_MGPU_SPLITS sets it (the GPU tests ran with 3).
 SPLITS = int(os.environ.get("VMAMBA_MGPU_SPLITS", "1"))
-# `_Plan.dbc_by_xla`'s default (direct_store plans only): off until the GPU tests and a sweep show it.
-# VMAMBA_MGPU_DBC_BY_XLA=1 turns it on.
+# `_Plan.dbc_by_xla`'s default: off. In the H200 sweeps of 2026-12-02 (benchmarks/results/scan_bwd_sweep_h200.md)
+# it made the plain scan alone 15% faster at stage 1 (forward+backward 4.08 -> 3.48 ms back-to-back) but the SS2D
+# composition around that same kernel 11% slower (5.16 -> 5.72 ms) and the fused core 6% slower at its default
+# backward tile; so it is a knob, not a default. Every d_state 1 GPU kernel test passed with it on
+# (gpu_kernel_tests_h200_dbc_by_xla.md). VMAMBA_MGPU_DBC_BY_XLA=1 turns it on.
 DBC_BY_XLA = os.environ.get("VMAMBA_MGPU_DBC_BY_XLA", "0") == "1"
 
 
@@ -150,7 +153,8 @@ class _Plan:
     # them, instead of staging a tile's products in a (64-row, 128) f32 SMEM buffer for a cross-lane row sum. That
     # buffer is 32 KB of the backward's 109.5 KB at the fused core's stage-1 plan (bwd tile 32), and SMEM is what caps
     # its blocks an SM (2 of the 4 a stage-1 grid needs for one wave). Costs 2N f32 (Lp, Dp) writes and reads per
-    # sequence, so for small d_state.
+    # sequence, so for small d_state. Measured (scan_bwd_sweep_h200.md): more resident blocks bought the fused core
+    # little (3% at bwd tile 16); the plain scan alone gained 15%, its SS2D composition lost 11% (see DBC_BY_XLA).
     dbc_by_xla: bool = False
     # Pallas' Mosaic GPU interpreter parameters (tests on CPU), or None to compile for the GPU.
     interpret: object = None
