@@ -67,6 +67,20 @@ def test_fused_core_kernel_in_interpreter(d_state, dtype, directions, delta_in_k
            ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"))
 
 
+def _check_op(op, plan, seed, d_state, dtype):
+    """The plain scan (1 x 2 groups x 8 channels, L 37) or the fused core (5x7 map, 8 channels, dt rank 2) with
+    kernel knobs `plan`, against the XLA reference, forward and every gradient."""
+    if op == "scan":
+        args = make_inputs(seed, batch=1, groups=2, per_group=8, d_state=d_state, length=37, dtype=dtype)
+        _check(lambda *a: mgpu.selective_scan(*a, **plan), selective_scan_reference, args, dtype,
+               ("u", "delta", "A", "B", "C", "D", "delta_bias"))
+        return
+    x, *params = make_core_inputs(seed, 1, 5, 7, 8, d_state, 2, dtype)
+    ref = lambda *a: ss2d_core_reference(*a, scan_implementation="xla")  # noqa: E731
+    _check(lambda *a: fused.ss2d_core(*a, **plan), ref, (x, *params), dtype,
+           ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"))
+
+
 @pytest.mark.parametrize("op,d_state,dtype,delta_in_kernel", [
     ("scan", 1, jnp.float32, None), ("fused", 1, jnp.bfloat16, True), ("fused", 2, jnp.float32, False)],
     ids=["scan-N1-fp32", "fused-N1-bf16", "fused-N2-fp32-delta-from-xla"])
@@ -74,16 +88,8 @@ def test_split_walks_in_interpreter(op, d_state, dtype, delta_in_kernel):
     """The walk cut into 3 splits of three 4-step tiles (`splits`): the split-summary kernel, XLA's chain of the
     splits' entering states and adjoint carries, and the scan kernels started from them, forward and backward (on a
     5x7 map the reversed orders' padding fills the start of their first split)."""
-    split = dict(seq_tile=4, bwd_seq_tile=4, splits=3, interpret=mosaic_gpu_interpreter())
-    if op == "scan":
-        args = make_inputs(11, batch=1, groups=2, per_group=8, d_state=d_state, length=37, dtype=dtype)
-        _check(lambda *a: mgpu.selective_scan(*a, **split), selective_scan_reference, args, dtype,
-               ("u", "delta", "A", "B", "C", "D", "delta_bias"))
-        return
-    x, *params = make_core_inputs(12, 1, 5, 7, 8, d_state, 2, dtype)
-    kernel = lambda *a: fused.ss2d_core(*a, delta_in_kernel=delta_in_kernel, **split)  # noqa: E731
-    ref = lambda *a: ss2d_core_reference(*a, scan_implementation="xla")  # noqa: E731
-    _check(kernel, ref, (x, *params), dtype, ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"))
+    plan = dict(seq_tile=4, bwd_seq_tile=4, splits=3, interpret=mosaic_gpu_interpreter())
+    _check_op(op, plan | ({} if op == "scan" else dict(delta_in_kernel=delta_in_kernel)), 11, d_state, dtype)
 
 
 @pytest.mark.parametrize("op,d_state,dtype", [
@@ -91,16 +97,8 @@ def test_split_walks_in_interpreter(op, d_state, dtype, delta_in_kernel):
 def test_dbc_by_xla_in_interpreter(op, d_state, dtype):
     """The backward's dB / dC from per-channel products the kernel writes and XLA sums (`dbc_by_xla`), which the
     gradients of B, C (the plain scan) and of x_proj's weight (the fused core) take."""
-    plan = dict(seq_tile=4, bwd_seq_tile=4, dbc_by_xla=True, interpret=mosaic_gpu_interpreter())
-    if op == "scan":
-        args = make_inputs(14, batch=1, groups=2, per_group=8, d_state=d_state, length=37, dtype=dtype)
-        _check(lambda *a: mgpu.selective_scan(*a, **plan), selective_scan_reference, args, dtype,
-               ("u", "delta", "A", "B", "C", "D", "delta_bias"))
-        return
-    x, *params = make_core_inputs(15, 1, 5, 7, 8, d_state, 2, dtype)
-    ref = lambda *a: ss2d_core_reference(*a, scan_implementation="xla")  # noqa: E731
-    _check(lambda *a: fused.ss2d_core(*a, **plan), ref, (x, *params), dtype,
-           ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"))
+    _check_op(op, dict(seq_tile=4, bwd_seq_tile=4, dbc_by_xla=True, interpret=mosaic_gpu_interpreter()), 14,
+              d_state, dtype)
 
 
 def test_split_walk_check_can_fail(monkeypatch):

@@ -303,6 +303,15 @@ def _load_rows(src_ref, smem, bar, rows):
     return tuple(smem[j] for j in range(rows))
 
 
+def _tiling(plan, x, proj_arr, tl):
+    """A walk kernel's static sizes for sequence tile `tl`: (G, Lp, Dp, tiles, channel tiles, tiles per split,
+    the `_Proj` view, proj_arr in its GMEM layout). x is the kernel's (rows, Lp, Dp) sequence input."""
+    _, lp, dp = x.shape
+    n_seq = lp // tl
+    proj = _Proj(plan.rank, plan.d_state, proj_arr.dtype.itemsize)
+    return proj_arr.shape[0], lp, dp, n_seq, dp // LANES, n_seq // plan.splits, proj, proj.gmem_view(proj_arr)
+
+
 def _params(plan, p_smem):
     """Register vectors from the (2+N+R, 128) parameter tile: D, bias, A_j, dt_proj rows W_r."""
     n, r = plan.d_state, plan.rank
@@ -327,13 +336,8 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
 
     Returns y (G, Lp, Dp) f32 (by position) and, if save_states, hs (G, Lp/tl, N, Dp) f32 (state entering each
     tile, in walk order)."""
-    G = proj_arr.shape[0]
-    _, lp, dp = u.shape
     n, tl = plan.d_state, plan.tl_bwd if save_states else plan.tl_fwd
-    n_seq, n_ch = lp // tl, dp // LANES
-    n_loc = n_seq // plan.splits                      # tiles per split
-    proj = _Proj(plan.rank, n, proj_arr.dtype.itemsize)
-    proj_arr = proj.gmem_view(proj_arr)
+    G, lp, dp, n_seq, n_ch, n_loc, proj, proj_arr = _tiling(plan, u, proj_arr, tl)
     has_dl = plan.rank == 0
 
     out_shapes = [jax.ShapeDtypeStruct((G, lp, dp), f32)]
@@ -427,13 +431,8 @@ def _split_summaries(plan, x, dl, proj_arr, prm, *, adjoint):
     Adjoint (x = dy (G, Lp, Dp), by sequence): splits 1..P-1 walked backwards, the backward kernel's carry
     dh <- (dh + dy C) exp(dt A). Returns (G, P-1, 1+N, Dp) f32, rows [sum of dt, state_0 .. state_{N-1}]; a split's
     decay of the state it is entered with is exp(A * sum dt) (the product of its steps' exp(dt A))."""
-    G = proj_arr.shape[0]
-    _, lp, dp = x.shape
     n, tl, P = plan.d_state, plan.tl_fwd, plan.splits
-    n_seq, n_ch = lp // tl, dp // LANES
-    n_loc = n_seq // P
-    proj = _Proj(plan.rank, n, proj_arr.dtype.itemsize)
-    proj_arr = proj.gmem_view(proj_arr)
+    G, lp, dp, n_seq, n_ch, n_loc, proj, proj_arr = _tiling(plan, x, proj_arr, tl)
     has_dl = plan.rank == 0
 
     def body(*refs):
@@ -526,13 +525,8 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
     starts from (`_split_boundaries`), when the plan splits the walk. Returns du, ddl (G, Lp, Dp) per sequence (u's
     dtype; ddl is d/d(delta before bias)); dBC (G, 2N, Lp) f32 (summed over channel tiles); dprm (G, 2+N, Dp) f32 per
     sequence [dD, dbias, dA_j]."""
-    G = proj_arr.shape[0]
-    _, lp, dp = u.shape
     n, tl, P = plan.d_state, plan.tl_bwd, plan.splits
-    n_seq, n_ch = lp // tl, dp // LANES
-    n_loc = n_seq // P
-    proj = _Proj(plan.rank, n, proj_arr.dtype.itemsize)
-    proj_arr = proj.gmem_view(proj_arr)
+    G, lp, dp, n_seq, n_ch, n_loc, proj, proj_arr = _tiling(plan, u, proj_arr, tl)
     has_dl = plan.rank == 0
     rows = tl * n                                   # dB (or dC) rows per tile: p*N + j
     rows_pad = ROWS * math.ceil(2 * rows / ROWS)    # dB rows then dC rows, padded to the WGMMA row tile
