@@ -17,7 +17,8 @@
 #   SCAN_IMPL=auto,auto,pallas_mosaic_gpu,pallas_mosaic_gpu TRAIN_S=300 bash benchmarks/gpu_suite.sh train_T
 #       # one implementation per stage (the plain kernel where it wins: scan_h200.md)
 #   VMAMBA_MGPU_SPLITS=3 bash benchmarks/gpu_suite.sh kernels splitsweep   # the split walk: tested, then timed
-#   DELTA_S=300 bash benchmarks/gpu_suite.sh deltasweep   # the fused core's delta from the kernel or XLA, per stage
+#   KNOB=delta_in_kernel KNOB_S=300 bash benchmarks/gpu_suite.sh knobsweep   # the fused core's delta from the kernel or XLA,
+#       per stage (KNOB=merge_in_kernel, the default: the orders summed by the kernel's atomic adds or by XLA)
 #   VMAMBA_MGPU_DELTA_IN_KERNEL_MAX_RANK=1000000 TRAIN_S=300 bash benchmarks/gpu_suite.sh train_T   # in-kernel delta everywhere
 #   SCAN_IMPLS=pallas_mosaic_gpu SCAN_MODEL=1 SCAN_S=450 bash benchmarks/gpu_suite.sh scan   # + whole-model inference
 #   TRAIN_MERGE=benchmarks/results/train_throughput_h200.json TRAIN_S=400 bash benchmarks/gpu_suite.sh train_B
@@ -26,7 +27,7 @@
 #
 # Stages: kernels (benchmarks/gpu_kernel_tests.py for the plain scan and the fused SS2D core, two processes at once;
 # a crashed one reruns isolated), parity (model parity + torch converter tests with every implementation the GPU has),
-# sweep (the kernels' tile/unroll variants), splitsweep (the walk split into blocks), deltasweep (the fused core's delta from the kernel or XLA, per stage), scanprof (their stage-1 device time per op), cifarprof (the CIFAR-10
+# sweep (the kernels' tile/unroll variants), splitsweep (the walk split into blocks), knobsweep (a fused-core knob off and on, per stage), scanprof (their stage-1 device time per op), dump (the kernels' SASS and time-loop instruction counts), cifarprof (the CIFAR-10
 # config's train step per op), cifarpipe (its input pipeline alone, per variant), scan, breakdown (where the train step's time goes), train_{T,S,B} (or
 # train_S+B: several models in one run, compiled in parallel, then timed in turns), profile (the train step's device time per
 # HLO op: which kernels to speed up),
@@ -99,8 +100,13 @@ for s in "$@"; do
                 --profile-map "${SCANPROF_MAP:-56}" --out "$RES/scan_profile${SCANPROF_MAP:+_$SCANPROF_MAP}.json" ;;
     splitsweep) # the plain scan and the fused core with the walk split into blocks (scan_bench's SPLIT_SWEEP), checked
               stage splitsweep "${SPLIT_S:-300}" python3 benchmarks/scan_bench.py --split-sweep --out "$RES/scan_splits.json" ;;
-    deltasweep) # the fused core with delta from the kernel or from XLA at VMamba-T's four stages, checked
-              stage deltasweep "${DELTA_S:-300}" python3 benchmarks/scan_bench.py --delta-sweep --out "$RES/scan_delta.json" ;;
+    dump)     # the fused core's kernels' PTX / ptxas / SASS at a stage (DUMP_MAP, default 56) with DUMP_PLAN's knobs, and
+              # their time loops' instruction counts (benchmarks/kernel_dump.py)
+              stage dump "${DUMP_S:-150}" python3 benchmarks/kernel_dump.py --map "${DUMP_MAP:-56}" --plan "${DUMP_PLAN:-{\}}" \
+                --out "$RES/dump_${DUMP_TAG:-default}" ;;
+    knobsweep) # the fused core with an on/off knob (KNOB) off and on at VMamba-T's four stages, checked
+              stage knobsweep "${KNOB_S:-300}" python3 benchmarks/scan_bench.py --knob-sweep "${KNOB:-merge_in_kernel}" \
+                --out "$RES/scan_${KNOB:-merge_in_kernel}.json" ;;
     cifarprof) # configs/cifar10.py's own train step, traced: where its ~46 ms per 512 images go
               stage cifarprof "${CIFARPROF_S:-200}" python3 benchmarks/train_cifar10.py --data_dir .data --profile \
                 ${CIFAR_SET:+--set $CIFAR_SET} --out_dir "$RES" ;;

@@ -74,6 +74,12 @@ SWEEP = [dict(seq_tile=tf, bwd_seq_tile=tb, unroll=u, direct_store=ds, approx_ma
 SPLIT_SWEEP = {(56, 96): (1, 2, 4, 7), (28, 192): (1, 2, 4)}
 
 
+# --knob-sweep: the fused core's on/off knobs timed off and on per stage. delta_in_kernel: the in-kernel low-rank
+# delta costs R = C/16 loads + FMAs a step, XLA's delta a (K, L, D) array (results/scan_delta_h200.md);
+# merge_in_kernel: the orders summed by atomic adds in the kernel or by XLA over 4x the merged output.
+KNOB_SWEEP = ("delta_in_kernel", "merge_in_kernel")
+
+
 # --profile: (op, plan) pairs, the default plans (approx_math, direct_store) and the exact-math ones.
 PROFILE_VARIANTS = [("scan", {}), ("ss2d_core", {}),
                     ("scan", dict(approx_math=False)), ("ss2d_core", dict(approx_math=False)),
@@ -256,9 +262,10 @@ def main():
     p.add_argument("--profile", action="store_true",
                    help="only trace the stage-1 (bf16) plain scan and fused core, default and PROFILE_VARIANTS plans: "
                         "device time per op category")
-    p.add_argument("--delta-sweep", action="store_true",
-                   help="only time the fused core at VMamba-T's four stages with delta formed in the kernel and by "
-                        "XLA (`delta_in_kernel`), each checked, beside the plain kernel's composition")
+    p.add_argument("--knob-sweep", default=None, choices=KNOB_SWEEP,
+                   help="only time the fused core at VMamba-T's four stages with this on/off knob off and on, each "
+                        "checked, beside the plain kernel's composition: delta_in_kernel (delta formed in the kernel "
+                        "or by XLA), merge_in_kernel (the orders summed by the kernel's atomic adds or by XLA)")
     p.add_argument("--split-sweep", action="store_true",
                    help="only time the plain scan and the fused core at stages 1-2 with the walk split into "
                         "SPLIT_SWEEP's numbers of blocks, each checked")
@@ -302,13 +309,13 @@ def main():
             run("sweep", f"ss2d_core/fused_mosaic_gpu{kw}", stage1,
                 lambda: bench_ss2d("", 128, 56, 96, 1, "bf16", **kw))
         impls, args.skip_model = [], True
-    if args.delta_sweep:  # the in-kernel low-rank delta costs R = C/16 loads + FMAs a step: does XLA's win at depth?
+    if args.knob_sweep:
         for hw, c in STAGES:
             shape = dict(B=128, K=4, C=c, N=1, L=hw * hw, dtype="bf16")
-            for kw in (dict(delta_in_kernel=True), dict(delta_in_kernel=False)):
-                run("delta", f"ss2d_core/fused_mosaic_gpu{kw}", shape,
+            for kw in ({args.knob_sweep: True}, {args.knob_sweep: False}):
+                run("knob", f"ss2d_core/fused_mosaic_gpu{kw}", shape,
                     lambda: bench_ss2d("", 128, hw, c, 1, "bf16", **kw))
-            run("delta", "ss2d_core/pallas_mosaic_gpu", shape,
+            run("knob", "ss2d_core/pallas_mosaic_gpu", shape,
                 lambda: bench_ss2d("pallas_mosaic_gpu", 128, hw, c, 1, "bf16"))
         impls, args.skip_model = [], True
     if args.split_sweep:
@@ -325,7 +332,7 @@ def main():
             shape = dict(B=b, K=k, C=c, N=n, L=length, dtype=dt)
             run("scan", impl, shape, lambda: bench_scan(impl, b, k, c, n, length, dt))
     from pallas_kernels.ss2d import api as ss2d_api
-    only = args.sweep or args.profile or args.delta_sweep or args.split_sweep
+    only = args.sweep or args.profile or args.knob_sweep or args.split_sweep
     ss2d_impls = [] if only else [i for i in args.ss2d_impls.split(",") if _supported(ss2d_api, i)]
     for impl in ss2d_impls:
         for hw, c in STAGES:

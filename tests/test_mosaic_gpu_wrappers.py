@@ -81,6 +81,22 @@ def test_kernels_lower_for_cuda(d_state, dtype):
         assert text.count("lg2.approx") == want
 
 
+def test_merge_in_kernel_lowers_with_atomic_adds():
+    """The in-kernel merge lowers for CUDA (forward; training forward + backward) with atomic adds that the default
+    plan has none of, and is refused with a plan it cannot serve (SMEM output tiles, a split walk)."""
+    core = make_core_inputs(0, 2, 5, 7, 96, 1, 6, jnp.bfloat16)
+    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in core]
+    for merge in (True, False):
+        op = lambda *a, m=merge: fused.ss2d_core(*a, merge_in_kernel=m)  # noqa: E731
+        grad = jax.grad(lambda *a: op(*a).sum(), tuple(range(6)))
+        assert _export_for_cuda(op, *core) == 1 and _export_for_cuda(grad, *core) == 2
+        text = jax.export.export(jax.jit(grad), platforms=["cuda"])(*shapes).mlir_module()
+        assert ("atomic_store" in text) == merge
+    for bad in (dict(direct_store=False), dict(splits=2)):
+        with pytest.raises(ValueError, match="needs direct_store=True and splits=1"):
+            fused.ss2d_core(*core, merge_in_kernel=True, **bad)
+
+
 def test_dbc_by_xla_needs_direct_store():
     """The products go straight to GMEM, so a plan with SMEM output tiles is refused when the backward is traced."""
     args = make_inputs(0, batch=2, groups=4, per_group=96, d_state=1, length=64, dtype=jnp.float32)

@@ -156,8 +156,22 @@ class _Plan:
     # sequence, so for small d_state. Measured (scan_bwd_sweep_h200.md): more resident blocks bought the fused core
     # little (3% at bwd tile 16); the plain scan alone gained 15%, its SS2D composition lost 11% (see DBC_BY_XLA).
     dbc_by_xla: bool = False
+    # The SS2D merge in the kernel (the fused core; direct_store only): (H, W) of the image whose row-major (Lp, Dp)
+    # positions the orders' outputs are summed into. The forward adds each order's y, and the backward each order's
+    # du, into one (batch, Lp, Dp) f32 array by atomic adds (`_accumulate`), a column-major source's position mapped
+    # to its row-major pixel (`_merged_row`); the kernel's u is the row-major image and the sources are built from it
+    # (`_sources`), so du is d(image). In place of XLA's merge of (batch*K, Lp, Dp) per-order outputs (4x the merged
+    # array written and read back) and of du's per-order sums and transpose. The order of the adds is not fixed: y
+    # and du may differ from run to run in the last bit.
+    merge_hw: tuple[int, int] | None = None
+    source_col_major: tuple[bool, ...] = ()    # per source: the column-major view of the image (merge_hw plans)
     # Pallas' Mosaic GPU interpreter parameters (tests on CPU), or None to compile for the GPU.
     interpret: object = None
+
+    def __post_init__(self):
+        if self.merge_hw is not None and (not self.direct_store or self.splits != 1):
+            raise ValueError("the in-kernel merge (merge_hw) adds into its outputs straight from registers and walks "
+                             "each sequence whole: it needs direct_store=True and splits=1")
 
     @property
     def sources(self) -> int:
@@ -166,6 +180,10 @@ class _Plan:
     @property
     def any_reverse(self) -> bool:
         return any(self.reverse)
+
+    @property
+    def merged(self) -> bool:
+        return self.merge_hw is not None
 
 
 def _pick(k, values):
@@ -193,6 +211,66 @@ def _zeros(plan):
 
 def _interpret_kwargs(plan):
     return {} if plan.interpret is None else {"interpret": plan.interpret}
+
+
+def _launch(plan, body, out_type, grid, grid_names, scratch_types, operands, accumulators=()):
+    """Runs `body` on a (grid, grid_names) grid of one-warpgroup blocks. `accumulators`: f32 arrays the kernel adds
+    into (`_accumulate`), passed to the body after the operands as refs aliased in and out of the kernel.
+
+    Returns (the outputs, the accumulated arrays)."""
+    params = plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS, approx_math=plan.approx_math)
+    if not accumulators:
+        outs = plgpu.kernel(body, out_type=out_type, grid=grid, grid_names=grid_names, scratch_types=scratch_types,
+                            compiler_params=params, **_interpret_kwargs(plan))(*operands)
+        return outs, ()
+    # plgpu.kernel's vmap wrapper takes no refs, so the same launch through pl.kernel (its mesh, scoped scratch).
+    def scoped(*kernel_refs):
+        pl.run_scoped(functools.partial(body, *kernel_refs), *scratch_types)
+
+    @jax.jit  # refs in GMEM exist only under a jit
+    def launch(operands, accumulators):
+        refs = [jax.new_ref(a, memory_space=plgpu.GMEM) for a in accumulators]
+        outs = pl.kernel(scoped, out_type=out_type, mesh=plgpu.Mesh(grid=grid, grid_names=grid_names),
+                         compiler_params=params, **_interpret_kwargs(plan))(*operands, *refs)
+        return outs, tuple(jax.freeze(r) for r in refs)
+
+    return launch(list(operands), list(accumulators))
+
+
+def _accumulate(plan, ref, value):
+    """ref[...] += value for a (128,) GMEM row that blocks of other orders add into too: an atomic add on the GPU
+    (red.global.add.f32 per lane), a read-modify-write in the interpreter (it runs the grid's blocks one by one and
+    has no atomics)."""
+    if plan.interpret is None:
+        plgpu.atomic_add(ref, value)
+    else:
+        ref[...] = ref[...] + value
+
+
+def _merged_row(plan, col_major, q):
+    """The row-major pixel of position q of a source (merge_hw plans): q itself for the row-major view; for the
+    column-major one (q = w*H + h) h*W + w, and q for the padded positions q >= H*W (their values are zero)."""
+    if col_major is None or isinstance(col_major, int) and col_major == 0:
+        return q
+    H, W = plan.merge_hw
+    transposed = jax.lax.rem(q, H) * W + jax.lax.div(q, H)
+    inside = q < H * W
+    return jnp.where(inside if isinstance(col_major, int) else (col_major == 1) & inside, transposed, q)
+
+
+def _sources(plan, x):
+    """(batch, Lp, Dp) row-major image -> (batch*S, Lp, Dp), its views in source order (merge_hw plans)."""
+    batch, lp, dp = x.shape
+    H, W = plan.merge_hw
+    L = H * W
+
+    def view(col_major):
+        if not col_major:
+            return x
+        t = jnp.swapaxes(x[:, :L].reshape(batch, H, W, dp), 1, 2).reshape(batch, L, dp)
+        return jnp.pad(t, ((0, 0), (0, lp - L), (0, 0)))
+
+    return jnp.stack([view(c) for c in plan.source_col_major], axis=1).reshape(batch * plan.sources, lp, dp)
 
 
 def _pick_tile(table, d_state):
@@ -334,13 +412,13 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
     """u (batch*S, Lp, Dp); dl (G, Lp, Dp) or None (rank > 0); proj_arr (G, rows, Lp); prm (K, 2+N+R, Dp) f32;
     h0 (G, splits, N, Dp) f32, the state entering each split (`_split_boundaries`), when the plan splits the walk.
 
-    Returns y (G, Lp, Dp) f32 (by position) and, if save_states, hs (G, Lp/tl, N, Dp) f32 (state entering each
-    tile, in walk order)."""
+    Returns y (G, Lp, Dp) f32 by position (merge_hw plans: (batch, Lp, Dp), the orders summed by row-major pixel)
+    and, if save_states, hs (G, Lp/tl, N, Dp) f32 (state entering each tile, in walk order)."""
     n, tl = plan.d_state, plan.tl_bwd if save_states else plan.tl_fwd
     G, lp, dp, n_seq, n_ch, n_loc, proj, proj_arr = _tiling(plan, u, proj_arr, tl)
-    has_dl = plan.rank == 0
+    has_dl, merged = plan.rank == 0, plan.merged
 
-    out_shapes = [jax.ShapeDtypeStruct((G, lp, dp), f32)]
+    out_shapes = [] if merged else [jax.ShapeDtypeStruct((G, lp, dp), f32)]
     if save_states:
         out_shapes.append(jax.ShapeDtypeStruct((G, n_seq, n, dp), f32))
 
@@ -349,6 +427,7 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
         dl_ref = refs.pop(0) if has_dl else None
         pr_ref, p_ref, *refs = refs
         h0_ref = refs.pop(0) if h0 is not None else None
+        y_acc = refs.pop(0) if merged else None
         outs, (p_smem, bar, *h_scratch) = refs[:len(out_shapes)], refs[len(out_shapes):]
         g, k, src, rev, d0 = _block_coords(plan)
         c = _split_index(plan)
@@ -357,6 +436,7 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
         Dv, bias, A, W = _params(plan, p_smem)
         walk = lambda i: c * n_loc + i  # noqa: E731 - the walk tile of this split's pipeline step i
         chunk = lambda i: _walk(rev, walk(i), n_seq)  # noqa: E731 - its position tile
+        col_major = _pick(k, [plan.source_col_major[s] for s in plan.source]) if merged else None
         h_init = tuple(_zeros(plan) for _ in range(n)) if h0 is None else _load_rows(
             h0_ref.at[g, c, :, pl.ds(d0, LANES)], *h_scratch, n)
 
@@ -365,12 +445,13 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
                 dl_s, pr_s, *o_s, h = rest
             else:
                 dl_s, (pr_s, *o_s, h) = None, rest
+            y_s = None if merged else o_s[0]
             if save_states:  # the state entering walk tile idx
                 for j in range(n):
                     if plan.direct_store:
-                        o_s[1][walk(idx[0]), j] = h[j]
+                        o_s[-1][walk(idx[0]), j] = h[j]
                     else:
-                        o_s[1][j] = h[j]
+                        o_s[-1][j] = h[j]
             # y's row: in the SMEM tile, or in the sequence when y goes straight to GMEM.
             y_row = (lambda p: chunk(idx[0]) * tl + p) if plan.direct_store else (lambda p: p)
 
@@ -385,7 +466,11 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
                     hj = jnp.exp(dt * A[j]) * h[j] + dtu * proj.b(pr_s, j, p)
                     y = y + hj * proj.c(pr_s, j, p)
                     h_new.append(hj)
-                o_s[0][y_row(p)] = y
+                if merged:
+                    _accumulate(plan, y_acc.at[g // plan.groups, _merged_row(plan, col_major, y_row(p)),
+                                                pl.ds(d0, LANES)], y)
+                else:
+                    y_s[y_row(p)] = y
                 return tuple(h_new)
 
             h = jax.lax.fori_loop(0, tl, step, h, unroll=plan.unroll)
@@ -400,9 +485,9 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
             out_specs = [pl.BlockSpec(memory_space=plgpu.GMEM)] * len(out_shapes)
         else:
             out_specs = [seq] + ([pl.BlockSpec((None, n, LANES), lambda i: (walk(i), 0, 0))] if save_states else [])
-        out_refs = [outs[0].at[g, :, pl.ds(d0, LANES)]]
+        out_refs = [] if merged else [outs[0].at[g, :, pl.ds(d0, LANES)]]
         if save_states:
-            out_refs.append(outs[1].at[g, :, :, pl.ds(d0, LANES)])
+            out_refs.append(outs[-1].at[g, :, :, pl.ds(d0, LANES)])
         plgpu.emit_pipeline(
             tile, grid=(n_loc,), in_specs=in_specs, out_specs=out_specs,
             max_concurrent_steps=MAX_CONCURRENT_STEPS,
@@ -411,14 +496,12 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
 
     operands = [u] + ([dl] if has_dl else []) + [proj_arr, prm] + ([h0] if h0 is not None else [])
     grid, grid_names = _grid(plan, G, n_ch, plan.splits)
-    outs = plgpu.kernel(
-        body, out_type=out_shapes, grid=grid, grid_names=grid_names,
-        scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1)] + (
+    outs, acc = _launch(
+        plan, body, out_shapes, grid, grid_names,
+        [plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1)] + (
             [plgpu.SMEM((n, LANES), f32), plgpu.Barrier(num_arrivals=1)] if h0 is not None else []),
-        compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS,
-                                             approx_math=plan.approx_math),
-        **_interpret_kwargs(plan),
-    )(*operands)
+        operands, [jnp.zeros((G // plan.groups, lp, dp), f32)] if merged else ())
+    outs = list(acc) + list(outs)
     return tuple(outs) if save_states else (outs[0], None)
 
 
@@ -486,13 +569,8 @@ def _split_summaries(plan, x, dl, proj_arr, prm, *, adjoint):
 
     operands = [x] + ([dl] if has_dl else []) + [proj_arr, prm]
     grid, grid_names = _grid(plan, G, n_ch, P - 1)
-    return plgpu.kernel(
-        body, out_type=jax.ShapeDtypeStruct((G, P - 1, 1 + n, dp), f32), grid=grid, grid_names=grid_names,
-        scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1)],
-        compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS,
-                                             approx_math=plan.approx_math),
-        **_interpret_kwargs(plan),
-    )(*operands)
+    return _launch(plan, body, jax.ShapeDtypeStruct((G, P - 1, 1 + n, dp), f32), grid, grid_names,
+                   [plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1)], operands)[0]
 
 
 def _split_boundaries(plan, summaries, prm, *, adjoint):
@@ -521,13 +599,14 @@ def _split_starts(plan, x, dl, proj_arr, prm, *, adjoint):
 # ------------------------------------------------------------------------------------------------ backward
 
 def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
-    """dy (G, Lp, Dp) f32, by position; dh0 (G, splits, N, Dp) f32, the adjoint carry each split's backward walk
-    starts from (`_split_boundaries`), when the plan splits the walk. Returns du, ddl (G, Lp, Dp) per sequence (u's
-    dtype; ddl is d/d(delta before bias)); dBC (G, 2N, Lp) f32 (summed over channel tiles); dprm (G, 2+N, Dp) f32 per
-    sequence [dD, dbias, dA_j]."""
+    """dy (G, Lp, Dp) f32, by position (merge_hw plans: (batch*S, Lp, Dp), the merged dy in each source's layout,
+    `_sources`); dh0 (G, splits, N, Dp) f32, the adjoint carry each split's backward walk starts from
+    (`_split_boundaries`), when the plan splits the walk. Returns du, ddl (G, Lp, Dp) per sequence (u's dtype; ddl is
+    d/d(delta before bias); merge_hw plans: du (batch, Lp, Dp) f32, summed over the orders by row-major pixel); dBC
+    (G, 2N, Lp) f32 (summed over channel tiles); dprm (G, 2+N, Dp) f32 per sequence [dD, dbias, dA_j]."""
     n, tl, P = plan.d_state, plan.tl_bwd, plan.splits
     G, lp, dp, n_seq, n_ch, n_loc, proj, proj_arr = _tiling(plan, u, proj_arr, tl)
-    has_dl = plan.rank == 0
+    has_dl, merged = plan.rank == 0, plan.merged
     rows = tl * n                                   # dB (or dC) rows per tile: p*N + j
     rows_pad = ROWS * math.ceil(2 * rows / ROWS)    # dB rows then dC rows, padded to the WGMMA row tile
     ddl_dtype = dl.dtype if has_dl else u.dtype
@@ -535,8 +614,8 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
     if by_xla and not plan.direct_store:
         raise ValueError("dbc_by_xla writes its products straight to GMEM: it needs direct_store=True")
 
-    out_shapes = [
-        jax.ShapeDtypeStruct((G, lp, dp), u.dtype),
+    out_shapes = [] if merged else [jax.ShapeDtypeStruct((G, lp, dp), u.dtype)]
+    out_shapes += [
         jax.ShapeDtypeStruct((G, lp, dp), ddl_dtype),
         # by XLA: per step and channel [dB products | dC products]; else per tile: [dB rows | dC rows | padding]
         jax.ShapeDtypeStruct((G, 2 * n, lp, dp) if by_xla else (G, n_ch, n_seq, rows_pad), f32),
@@ -548,7 +627,8 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
         dl_ref = refs.pop(0) if has_dl else None
         pr_ref, p_ref, hs_ref, dy_ref, *refs = refs
         dh0_ref = refs.pop(0) if dh0 is not None else None
-        du_ref, ddl_ref, dbc_ref, dp_ref, p_smem, bar, st_smem, *refs = refs
+        du_ref = refs.pop(0)  # merge_hw plans: the accumulator (an input ref), else the first output
+        ddl_ref, dbc_ref, dp_ref, p_smem, bar, st_smem, *refs = refs
         red_smem = None if by_xla else refs.pop(0)
         h_scratch = refs
         g, k, src, rev, d0 = _block_coords(plan)
@@ -559,12 +639,14 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
         Dv, bias, A, W = _params(plan, p_smem)
         back = lambda i: c * n_loc + n_loc - 1 - i  # noqa: E731 - walk tile of this split's backward step i
         chunk = lambda i: _walk(rev, back(i), n_seq)  # noqa: E731 - its position tile
+        col_major = _pick(k, [plan.source_col_major[s] for s in plan.source]) if merged else None
 
         def tile(idx, u_s, *rest):
             if has_dl:
-                dl_s, pr_s, hs_s, dy_s, du_s, ddl_s, dbc_s, carry = rest
+                dl_s, pr_s, hs_s, dy_s, *o_s, carry = rest
             else:
-                dl_s, (pr_s, hs_s, dy_s, du_s, ddl_s, dbc_s, carry) = None, rest
+                dl_s, (pr_s, hs_s, dy_s, *o_s, carry) = None, rest
+            du_s, ddl_s, dbc_s = [None] * (3 - len(o_s)) + o_s
             # du's and d(delta)'s row: in the SMEM tiles, or in the sequence when they go straight to GMEM.
             g_row = (lambda p: chunk(idx[0]) * tl + p) if plan.direct_store else (lambda p: p)
 
@@ -618,7 +700,12 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                     dh_new.append(dhj * a)
                 ddt = ddt + dhb * uu
                 draw = ddt * dsp if plan.softplus else ddt
-                du_s[g_row(p)] = (dy * Dv + dhb * dt).astype(du_s.dtype)
+                du = dy * Dv + dhb * dt
+                if merged:
+                    _accumulate(plan, du_ref.at[g // plan.groups, _merged_row(plan, col_major, g_row(p)),
+                                                 pl.ds(d0, LANES)], du)
+                else:
+                    du_s[g_row(p)] = du.astype(du_s.dtype)
                 ddl_s[g_row(p)] = draw.astype(ddl_s.dtype)
                 return tuple(dh_new), tuple(dA_new), dD + dy * uu, dbias + draw
 
@@ -647,15 +734,19 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
         in_specs = [seq] + ([seq] if has_dl else []) + [
             proj.spec(tl, chunk), pl.BlockSpec((None, n, LANES), lambda i: (back(i), 0, 0)), seq]
         in_refs = [u_ref.at[src, :, pl.ds(d0, LANES)]] + ([dl_ref.at[g, :, pl.ds(d0, LANES)]] if has_dl else [])
-        in_refs += [pr_ref.at[g], hs_ref.at[g, :, :, pl.ds(d0, LANES)], dy_ref.at[g, :, pl.ds(d0, LANES)]]
+        in_refs += [pr_ref.at[g], hs_ref.at[g, :, :, pl.ds(d0, LANES)],
+                    dy_ref.at[src if merged else g, :, pl.ds(d0, LANES)]]
+        out_refs = [] if merged else [du_ref.at[g, :, pl.ds(d0, LANES)]]
+        out_refs += [ddl_ref.at[g, :, pl.ds(d0, LANES)],
+                     dbc_ref.at[g, :, :, pl.ds(d0, LANES)] if by_xla else dbc_ref.at[g, dti]]
         dh, dA, dD, dbias = plgpu.emit_pipeline(
             tile, grid=(n_loc,), in_specs=in_specs,
-            out_specs=[grad_spec, grad_spec, pl.BlockSpec(memory_space=plgpu.GMEM) if plan.direct_store
-                       else pl.BlockSpec((None, rows_pad), lambda i: (chunk(i), 0))],
+            out_specs=[grad_spec] * (len(out_refs) - 1) + [
+                pl.BlockSpec(memory_space=plgpu.GMEM) if plan.direct_store
+                else pl.BlockSpec((None, rows_pad), lambda i: (chunk(i), 0))],
             max_concurrent_steps=MAX_CONCURRENT_STEPS,
             init_carry=init,
-        )(*in_refs, du_ref.at[g, :, pl.ds(d0, LANES)], ddl_ref.at[g, :, pl.ds(d0, LANES)],
-          dbc_ref.at[g, :, :, pl.ds(d0, LANES)] if by_xla else dbc_ref.at[g, dti])
+        )(*in_refs, *out_refs)
 
         # Per-channel parameter grads of this (sequence, channel tile): written once.
         p_smem[0] = dD
@@ -668,15 +759,13 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
 
     operands = [u] + ([dl] if has_dl else []) + [proj_arr, prm, hs, dy] + ([dh0] if dh0 is not None else [])
     grid, grid_names = _grid(plan, G, n_ch, P)
-    du, ddl, dbc, dprm = plgpu.kernel(
-        body, out_type=out_shapes, grid=grid, grid_names=grid_names,
-        scratch_types=[plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1),
-                       plgpu.SMEM((tl + 1, n, LANES), f32)] + ([] if by_xla else [plgpu.SMEM((rows_pad, LANES), f32)]) + (
+    outs, acc = _launch(
+        plan, body, out_shapes, grid, grid_names,
+        [plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1),
+         plgpu.SMEM((tl + 1, n, LANES), f32)] + ([] if by_xla else [plgpu.SMEM((rows_pad, LANES), f32)]) + (
             [plgpu.SMEM((n, LANES), f32), plgpu.Barrier(num_arrivals=1)] if dh0 is not None else []),
-        compiler_params=plgpu.CompilerParams(unsafe_no_auto_barriers=UNSAFE_NO_AUTO_BARRIERS,
-                                             approx_math=plan.approx_math),
-        **_interpret_kwargs(plan),
-    )(*operands)
+        operands, [jnp.zeros((G // plan.groups, lp, dp), f32)] if merged else ())
+    du, ddl, dbc, dprm = list(acc) + list(outs)
     if by_xla:
         return du, ddl, dbc.sum(-1), dprm.sum(1)                                   # (G, 2N, Lp): rows [B_0.., C_0..]
     dbc = dbc.sum(1)[..., :2 * rows].reshape(G, n_seq, 2, tl, n)      # (G, tiles, {B,C}, TL, N)
@@ -690,8 +779,14 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
 def scan(plan, u, dl, proj_arr, prm):
     """The laid-out op. u (batch*S, Lp, Dp); dl (G, Lp, Dp) or None when plan.rank > 0; proj_arr (G, R+2N, Lp) rows
     [dts | B | C]; prm (K, 2+N+R, Dp) f32 rows [D, bias, A_0.., W_0..] (W_r: dt_proj's weight column r).
-    Returns y (G, Lp, Dp) f32, by position, G = batch*K. Differentiable in u, dl, proj_arr and prm."""
-    return _forward_walk(plan, u, dl, proj_arr, prm, save_states=False)[0]
+    Returns y (G, Lp, Dp) f32, by position, G = batch*K. Differentiable in u, dl, proj_arr and prm.
+    merge_hw plans: u is the (batch, Lp, Dp) row-major image and y (batch, Lp, Dp) the orders' sum by pixel."""
+    return _forward_walk(plan, _kernel_u(plan, u), dl, proj_arr, prm, save_states=False)[0]
+
+
+def _kernel_u(plan, u):
+    """The kernel's (batch*S, Lp, Dp) sources: u itself, or built from the image for merge_hw plans."""
+    return _sources(plan, u) if plan.merged else u
 
 
 def _forward_walk(plan, u, dl, proj_arr, prm, *, save_states):
@@ -714,6 +809,7 @@ def saves_states(plan: _Plan) -> bool:
 
 def _scan_fwd(plan, u, dl, proj_arr, prm):
     # hs is None when the backward recomputes the boundary states (at its own tile size).
+    u = _kernel_u(plan, u)
     y, hs = _forward_walk(plan, u, dl, proj_arr, prm, save_states=saves_states(plan))
     return y, (u, dl, proj_arr, prm, hs)
 
@@ -725,9 +821,13 @@ def _scan_bwd(plan, res, dy):
     G, K, S, n, r = proj_arr.shape[0], plan.groups, plan.sources, plan.d_state, plan.rank
     batch = G // K
     dy = dy.astype(f32)
+    if plan.merged:  # dy of every order: the merged dy in its source's layout
+        dy = _sources(plan, dy)
     dh0 = _split_starts(plan, dy, dl, proj_arr, prm, adjoint=True)
     du, ddl, dBC, dprm = _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0)
-    if plan.source != tuple(range(K)):  # orders that share a source: sum their du into it
+    if plan.merged:  # d(image), summed over the orders in the kernel
+        du = du.astype(u.dtype)
+    elif plan.source != tuple(range(K)):  # orders that share a source: sum their du into it
         du = du.reshape(batch, K, *du.shape[1:]).astype(f32)
         du = jnp.stack([sum(du[:, k] for k in range(K) if plan.source[k] == s) for s in range(S)], axis=1)
         du = du.reshape(batch * S, *du.shape[2:]).astype(u.dtype)

@@ -14,7 +14,9 @@ Contract: `reference.ss2d_core_reference`. What differs from that composition is
 * no channel-major transposes: the kernel is channel-minor like the activation itself.
 
 The kernel writes each order's output by pixel, in its source's layout; XLA sums the two row-major and the two
-column-major outputs and transposes the latter back (one fused pass). The backward is the same kernel family
+column-major outputs and transposes the latter back (one fused pass). With `merge_in_kernel` the kernel itself adds
+every order's output (and, in the backward, its du) into one row-major f32 array by atomic adds
+(`_Plan.merge_hw`). The backward is the same kernel family
 (boundary states saved by the training forward, recompute per tile); it returns d(delta) per position, which XLA
 contracts with the dts and the dt_proj weight.
 """
@@ -42,6 +44,11 @@ VERIFIED_D_STATES = (1, 16)
 # 1.64 -> 0.97 ms at 7x7, but 4.12 -> 5.51 ms at 56x56 (benchmarks/results/scan_delta_h200.md); VMamba-T's train
 # step 2074 -> 2240 img/s (train_throughput_h200.md). VMAMBA_MGPU_DELTA_IN_KERNEL_MAX_RANK overrides it.
 DELTA_IN_KERNEL_MAX_RANK = int(os.environ.get("VMAMBA_MGPU_DELTA_IN_KERNEL_MAX_RANK", "12"))
+# `merge_in_kernel`'s default where the plan allows it (direct_store, unsplit): off. Its GPU tests passed
+# (benchmarks/results/gpu_kernel_tests_h200_merge_in_kernel.md) but the atomic adds were slower than XLA's merge at
+# every stage (scan_merge_in_kernel_h200.md: 56x56 forward 0.80 -> 1.17 ms, forward+backward 3.69 -> 4.24 ms,
+# back-to-back). VMAMBA_MGPU_MERGE_IN_KERNEL=1 turns it on.
+MERGE_IN_KERNEL = os.environ.get("VMAMBA_MGPU_MERGE_IN_KERNEL", "0") == "1"
 
 
 def resolve_delta_in_kernel(delta_in_kernel: bool | None, rank: int) -> bool:
@@ -49,11 +56,18 @@ def resolve_delta_in_kernel(delta_in_kernel: bool | None, rank: int) -> bool:
     return bool(delta_in_kernel) if delta_in_kernel is not None else rank <= DELTA_IN_KERNEL_MAX_RANK
 
 
+def resolve_merge_in_kernel(merge_in_kernel: bool | None, direct_store: bool, splits: int) -> bool:
+    """None -> the module default (MERGE_IN_KERNEL) where the plan allows it (direct_store, one split)."""
+    if merge_in_kernel is not None:
+        return bool(merge_in_kernel)
+    return MERGE_IN_KERNEL and direct_store and splits == 1
+
+
 def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
               directions: tuple[int, ...] = ALL_DIRECTIONS, seq_tile: int | None = None,
               bwd_seq_tile: int | None = None, unroll: int | None = None, direct_store: bool | None = None,
               approx_math: bool | None = None, delta_in_kernel: bool | None = None, splits: int | None = None,
-              dbc_by_xla: bool | None = None, interpret=None):
+              dbc_by_xla: bool | None = None, merge_in_kernel: bool | None = None, interpret=None):
     """x (B, H, W, D) compute dtype -> y (B, H, W, D) fp32, the merged scan output before out_norm; differentiable.
 
     Parameters as in `reference.ss2d_core_reference` (fp32; K = len(directions) parameter sets). The keywords after
@@ -72,13 +86,15 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     tl_f, tl_b, lp = mgpu.plan_tiles(L, n, seq_tile, bwd_seq_tile, min_tile=short, splits=splits)
     dp = mgpu.LANES * -(-d // mgpu.LANES)
     direct_store = mgpu.resolve_direct_store(direct_store, interpret, n)
+    merge = resolve_merge_in_kernel(merge_in_kernel, direct_store, splits)
     plan = mgpu._Plan(groups=k_n, source=plan_src, reverse=tuple(k >= 2 for k in directions), rank=kr, d_state=n,
                       tl_fwd=tl_f, tl_bwd=tl_b, softplus=True, unroll=unroll or mgpu.UNROLL,
                       direct_store=direct_store, approx_math=mgpu.resolve_approx_math(approx_math, n), splits=splits,
-                      dbc_by_xla=mgpu.resolve_dbc_by_xla(dbc_by_xla, direct_store), interpret=interpret)
+                      dbc_by_xla=mgpu.resolve_dbc_by_xla(dbc_by_xla, direct_store),
+                      merge_hw=(h, w) if merge else None, source_col_major=tuple(s == 1 for s in layouts),
+                      interpret=interpret)
 
     views = {0: x.reshape(b, L, d), 1: jnp.swapaxes(x, 1, 2).reshape(b, L, d)}
-    src = jnp.stack([views[s] for s in layouts], axis=1)                # (B, S, L, D)
 
     # x_proj per order, over its own source (a pixel's projection does not depend on the order): (B, K, R+2N, L).
     precision = jax.lax.Precision.HIGHEST if x.dtype == f32 else None
@@ -86,7 +102,11 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     proj = jnp.stack([jnp.einsum("bld,cd->bcl", views[k % 2], wx[j], precision=precision)
                       for j, k in enumerate(directions)], axis=1)
 
-    u = jnp.pad(src, ((0, 0), (0, 0), (0, lp - L), (0, dp - d))).reshape(b * len(layouts), lp, dp)
+    if merge:  # the row-major image: the kernel's wrapper builds the sources (`_sources`) and merges into it
+        u = jnp.pad(views[0], ((0, 0), (0, lp - L), (0, dp - d)))
+    else:
+        src = jnp.stack([views[s] for s in layouts], axis=1)            # (B, S, L, D)
+        u = jnp.pad(src, ((0, 0), (0, 0), (0, lp - L), (0, dp - d))).reshape(b * len(layouts), lp, dp)
     A = -jnp.exp(A_logs.astype(f32)).reshape(k_n, d, n)
     rows = [Ds.astype(f32).reshape(k_n, 1, d), dt_projs_bias.astype(f32).reshape(k_n, 1, d), jnp.swapaxes(A, 1, 2)]
     dl = None
@@ -100,6 +120,8 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     prm = jnp.pad(jnp.concatenate(rows, axis=1), ((0, 0), (0, 0), (0, dp - d)))  # (K, 2+N(+R), Dp)
 
     mgpu.check_tma_tiles(plan, proj.dtype.itemsize)
+    if merge:
+        return mgpu.scan(plan, u, dl, proj, prm)[:, :L, :d].reshape(b, h, w, d)
     y = mgpu.scan(plan, u, dl, proj, prm).reshape(b, k_n, lp, dp)[:, :, :L, :d]
     out = jnp.zeros((b, h, w, d), f32)
     for j, k in enumerate(directions):
