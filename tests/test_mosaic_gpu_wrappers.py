@@ -124,16 +124,15 @@ def test_direct_store_tiles_end_with_a_warpgroup_barrier(monkeypatch):
 
 
 def test_tiles_too_short_for_tma_are_refused_before_the_gpu_sees_them():
-    """A plain scan's N = 1 bf16 B/C tile at a backward tile of 16 is a 64-byte TMA copy: on the H200 it stopped the
-    process with CUDA_ERROR_MISALIGNED_ADDRESS. The wrapper says which tiles work instead."""
+    """A plain scan's N = 1 B/C tile (f32 in the kernel, PROJ_DTYPE) at a backward tile of 8 is a 64-byte TMA copy:
+    such a copy (then bf16 at tile 16) stopped the H200 with CUDA_ERROR_MISALIGNED_ADDRESS. The wrapper says which
+    tiles work instead."""
     args = make_inputs(0, batch=2, groups=4, per_group=8, d_state=1, length=64, dtype=jnp.bfloat16)
-    with pytest.raises(ValueError, match="bwd_seq_tile >= 32"):
-        mgpu.selective_scan(*args, seq_tile=32, bwd_seq_tile=16)
-    fp32 = make_inputs(0, batch=2, groups=4, per_group=8, d_state=1, length=64, dtype=f32)
-    assert _export_for_cuda(lambda *a: mgpu.selective_scan(*a, seq_tile=16, bwd_seq_tile=16), *fp32) == 1  # 128 B
+    with pytest.raises(ValueError, match="bwd_seq_tile >= 16"):
+        mgpu.selective_scan(*args, seq_tile=32, bwd_seq_tile=8)
+    assert _export_for_cuda(lambda *a: mgpu.selective_scan(*a, seq_tile=16, bwd_seq_tile=16), *args) == 1  # 128 B
     core = make_core_inputs(0, 2, 5, 7, 96, 1, 6, jnp.bfloat16)  # time-major [dts | B | C] rows: no limit at 16
     assert _export_for_cuda(lambda *a: fused.ss2d_core(*a, seq_tile=16, bwd_seq_tile=16), *core) == 1
-
 
 def test_split_walks_cover_each_split_with_whole_tiles():
     """Each of `splits` parts of the padded sequence is a whole number of both tiles, at least two (one pipeline per

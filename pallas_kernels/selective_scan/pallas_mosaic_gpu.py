@@ -277,14 +277,26 @@ def _pick_tile(table, d_state):
     return table.get(d_state, table[16] if d_state > 1 else table[1])
 
 
-def _softplus(x, softplus):
-    """Returns (dt, d dt / d x) with the official threshold; softplus' derivative is sigmoid = 1 - exp(-softplus)."""
+LOG2E, LN2 = math.log2(math.e), math.log(2.0)
+
+
+def _softplus(x2, softplus):
+    """Returns (dt, d dt / d x) for x2 = x log2(e), delta before softplus in base-2 units when softplus is on (the
+    parameters it is formed from are prescaled once per block, `_params`, so exp(x) is one ex2 and no per-step
+    multiply), with the official threshold (x > 20 passes through); softplus' derivative is sigmoid =
+    1 - exp(-softplus). exp2 of a large x2 is inf, whose log is inf, which the threshold's select drops, so no clamp."""
     if not softplus:
-        return x, None
-    xm = jnp.minimum(x, SOFTPLUS_THRESHOLD)
-    sp = jnp.log(1.0 + jnp.exp(xm))
-    big = x > SOFTPLUS_THRESHOLD
-    return jnp.where(big, x, sp), jnp.where(big, 1.0, 1.0 - jnp.exp(-sp))
+        return x2, None
+    sp = jnp.log(1.0 + jnp.exp2(x2))
+    big = x2 > SOFTPLUS_THRESHOLD * LOG2E
+    return jnp.where(big, x2 * LN2, sp), jnp.where(big, 1.0, 1.0 - jnp.exp(-sp))
+
+
+# The per-step scalars (dts, B, C) reach the kernels as f32 whatever the inputs' dtype: a read is then one SMEM load
+# (a bf16 one also takes a convert on the walk: 8 of the ~55 instructions a forward step at VMamba-T's stage 1, by
+# the PTX of benchmarks/results/kernel_dump_h200.json). The values are the same (bf16 -> f32 is exact) and the array
+# is small (R + 2N rows a sequence against D channels).
+PROJ_DTYPE = f32
 
 
 class _Proj:
@@ -391,15 +403,21 @@ def _tiling(plan, x, proj_arr, tl):
 
 
 def _params(plan, p_smem):
-    """Register vectors from the (2+N+R, 128) parameter tile: D, bias, A_j, dt_proj rows W_r."""
+    """Register vectors from the (2+N+R, 128) parameter tile: D, bias, A_j, dt_proj rows W_r, in the kernels' base-2
+    units: A_j log2(e) (exp(dt A) = exp2(dt A_j log2 e)) and, with softplus, bias and W_r times log2(e) (delta
+    before softplus as `_softplus`'s x2). Scaled once per block instead of a multiply per step."""
     n, r = plan.d_state, plan.rank
-    return p_smem[0], p_smem[1], [p_smem[2 + j] for j in range(n)], [p_smem[2 + n + q] for q in range(r)]
+    s = LOG2E if plan.softplus else 1.0
+    return (p_smem[0], p_smem[1] * s, [p_smem[2 + j] * LOG2E for j in range(n)],
+            [p_smem[2 + n + q] * s for q in range(r)])
 
 
 def _delta_raw(plan, proj, dl_s, pr_s, W, p):
-    """delta before bias at tile row p: an input (dl_s) or, low-rank, sum_r dts_r(p) W_r."""
+    """delta before bias at tile row p (with softplus, times log2(e): `_params`): an input (dl_s) or, low-rank,
+    sum_r dts_r(p) W_r."""
     if plan.rank == 0:
-        return dl_s[p].astype(f32)
+        dl = dl_s[p].astype(f32)
+        return dl * LOG2E if plan.softplus else dl
     acc = proj.dts(pr_s, 0, p) * W[0]
     for q in range(1, plan.rank):
         acc = acc + proj.dts(pr_s, q, p) * W[q]
@@ -463,7 +481,7 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
                 y = Dv * uu
                 h_new = []
                 for j in range(n):
-                    hj = jnp.exp(dt * A[j]) * h[j] + dtu * proj.b(pr_s, j, p)
+                    hj = jnp.exp2(dt * A[j]) * h[j] + dtu * proj.b(pr_s, j, p)
                     y = y + hj * proj.c(pr_s, j, p)
                     h_new.append(hj)
                 if merged:
@@ -542,9 +560,9 @@ def _split_summaries(plan, x, dl, proj_arr, prm, *, adjoint):
                 dt, _ = _softplus(_delta_raw(plan, proj, dl_s, pr_s, W, p) + bias, plan.softplus)
                 xx = x_s[p].astype(f32)
                 if adjoint:
-                    h = tuple((h[j] + xx * proj.c(pr_s, j, p)) * jnp.exp(dt * A[j]) for j in range(n))
+                    h = tuple((h[j] + xx * proj.c(pr_s, j, p)) * jnp.exp2(dt * A[j]) for j in range(n))
                 else:
-                    h = tuple(jnp.exp(dt * A[j]) * h[j] + dt * xx * proj.b(pr_s, j, p) for j in range(n))
+                    h = tuple(jnp.exp2(dt * A[j]) * h[j] + dt * xx * proj.b(pr_s, j, p) for j in range(n))
                 return h, total + dt
 
             carry = jax.lax.fori_loop(0, tl, step, carry, unroll=plan.unroll)
@@ -663,7 +681,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                 dtu = dt * uu
                 h_new = []
                 for j in range(n):
-                    hj = jnp.exp(dt * A[j]) * h[j] + dtu * proj.b(pr_s, j, p)
+                    hj = jnp.exp2(dt * A[j]) * h[j] + dtu * proj.b(pr_s, j, p)
                     st_smem[t + 1, j] = hj
                     h_new.append(hj)
                 return tuple(h_new)
@@ -688,9 +706,9 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                     else:
                         red_smem[rows + p * n + j] = st_smem[t + 1, j] * dy      # dC row
                     dhj = dh[j] + dy * c                                          # adjoint of h_t
-                    a = jnp.exp(dt * A[j])
+                    a = jnp.exp2(dt * A[j])
                     gj = dhj * st_smem[t, j] * a
-                    ddt = ddt + gj * A[j]
+                    ddt = ddt + gj * A[j]                                         # x log2(e), see below
                     dhb = dhb + dhj * b
                     if by_xla:
                         dbc_s[j, g_row(p)] = dhj * dtu                              # dB product
@@ -698,7 +716,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                         red_smem[p * n + j] = dhj * dtu                           # dB row
                     dA_new.append(dA[j] + gj * dt)
                     dh_new.append(dhj * a)
-                ddt = ddt + dhb * uu
+                ddt = ddt * LN2 + dhb * uu                                        # A_j's units back
                 draw = ddt * dsp if plan.softplus else ddt
                 du = dy * Dv + dhb * dt
                 if merged:
@@ -912,14 +930,14 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
                  tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=unroll or UNROLL,
                  direct_store=direct_store, approx_math=resolve_approx_math(approx_math, d_state), splits=splits,
                  dbc_by_xla=resolve_dbc_by_xla(dbc_by_xla, direct_store), interpret=interpret)
-    check_tma_tiles(plan, B.dtype.itemsize)
+    check_tma_tiles(plan, jnp.dtype(PROJ_DTYPE).itemsize)
 
     def seq(x):  # (batch, K*D, L) -> (batch*K, Lp, Dp), channel-minor, zero padded
         x = jnp.swapaxes(x.reshape(batch, groups, per_group, length), 2, 3)
         x = jnp.pad(x, ((0, 0), (0, 0), (0, lp - length), (0, dp - per_group)))
         return x.reshape(batch * groups, lp, dp)
 
-    BC = jnp.concatenate([B, C.astype(B.dtype)], axis=2)                             # (batch, K, 2N, L)
+    BC = jnp.concatenate([B, C.astype(B.dtype)], axis=2).astype(PROJ_DTYPE)          # (batch, K, 2N, L)
     BC = jnp.pad(BC, ((0, 0), (0, 0), (0, 0), (0, lp - length))).reshape(batch * groups, 2 * d_state, lp)
     zeros = jnp.zeros((channels,), f32)
     prm = jnp.concatenate([(zeros if D is None else D.astype(f32))[:, None],

@@ -81,7 +81,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     plan_src = tuple(layouts.index(k % 2) for k in directions)
     in_kernel = resolve_delta_in_kernel(delta_in_kernel, r)
     kr = r if in_kernel else 0                                          # the kernel's rank (0: delta is an input)
-    short = mgpu.min_seq_tile(kr, n, x.dtype.itemsize) if n in mgpu.FAST_PLAN_D_STATES else None  # short-L tiles
+    short = mgpu.min_seq_tile(kr, n, jnp.dtype(mgpu.PROJ_DTYPE).itemsize) if n in mgpu.FAST_PLAN_D_STATES else None  # short-L tiles
     splits = mgpu.resolve_splits(splits)
     tl_f, tl_b, lp = mgpu.plan_tiles(L, n, seq_tile, bwd_seq_tile, min_tile=short, splits=splits)
     dp = mgpu.LANES * -(-d // mgpu.LANES)
@@ -116,7 +116,8 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
         dl = jnp.einsum("bkrl,kdr->bkld", proj[:, :, :r], dt_projs_weight.astype(x.dtype), precision=precision)
         dl = jnp.pad(dl, ((0, 0), (0, 0), (0, lp - L), (0, dp - d))).reshape(b * k_n, lp, dp)
         proj = proj[:, :, r:]                                           # B and C rows only
-    proj = jnp.pad(proj, ((0, 0), (0, 0), (0, 0), (0, lp - L))).reshape(b * k_n, kr + 2 * n, lp)
+    proj = jnp.pad(proj.astype(mgpu.PROJ_DTYPE), ((0, 0), (0, 0), (0, 0), (0, lp - L)))
+    proj = proj.reshape(b * k_n, kr + 2 * n, lp)
     prm = jnp.pad(jnp.concatenate(rows, axis=1), ((0, 0), (0, 0), (0, dp - d)))  # (K, 2+N(+R), Dp)
 
     mgpu.check_tma_tiles(plan, proj.dtype.itemsize)
