@@ -138,14 +138,15 @@ def _fwd_and_grad(op, args):
     return jax.jit(op), jax.jit(jax.grad(lambda *a: jnp.sum(op(*a)), tuple(range(len(args)))))
 
 
-def bench_scan(impl, b, k, c, n, length, dtype_name, **kernel_kwargs):
-    op, args = kernel_case("scan", impl, (b, k, c, n, length), dtype_name, kernel_kwargs or None)
+def bench_scan(impl, b, k, c, n, length, dtype_name, plan=None):
+    """plan: the Mosaic GPU kernel's knobs ({} for its defaults, checked like the sweeps), or None for `impl`."""
+    op, args = kernel_case("scan", impl, (b, k, c, n, length), dtype_name, plan)
     fwd, grad = _fwd_and_grad(op, args)
     out = _times(fwd, grad, args)
     isz = jnp.dtype(DTYPES[dtype_name]).itemsize
     nbytes = 2 * b * k * c * length * isz + 2 * b * k * n * length * isz + 4 * b * k * c * length
     out["fwd_GBps"] = round(nbytes / out["fwd_b2b_ms"] / 1e6, 1)
-    if kernel_kwargs:
+    if plan is not None:
         out.update(_check_variant(("scan", b, k, c, n, length, dtype_name), fwd, grad, selective_scan_reference, args))
     return out
 
@@ -182,11 +183,12 @@ def _check_cell(r):
     return f"{'ok' if r['checked'] else 'WRONG'} {r['max_rel_err']:.1e}{vs_fp32}"
 
 
-def bench_ss2d(impl, b, hw, d, n, dtype_name, **kernel_kwargs):
-    op, args = kernel_case("ss2d_core", impl, (b, hw, d, n), dtype_name, kernel_kwargs or None)
+def bench_ss2d(impl, b, hw, d, n, dtype_name, plan=None):
+    """plan: as in `bench_scan`, for the fused core."""
+    op, args = kernel_case("ss2d_core", impl, (b, hw, d, n), dtype_name, plan)
     fwd, grad = _fwd_and_grad(op, args)
     out = _times(fwd, grad, args)
-    if kernel_kwargs:
+    if plan is not None:
         from pallas_kernels.ss2d import ss2d_core_reference
         ref = lambda *a: ss2d_core_reference(*a, scan_implementation="xla")  # noqa: E731
         out.update(_check_variant(("ss2d", b, hw, d, n, dtype_name), fwd, grad, ref, args))
@@ -300,21 +302,22 @@ def main():
         stage = dict(B=128, K=4, C=c, N=1, L=hw * hw, dtype="bf16")
         for op_name, kw in PROFILE_VARIANTS:
             run("profile", f"{op_name}/mosaic_gpu{kw}", stage,
-                lambda: dict(profile=profile_case(op_name, 128, hw, c, "bf16", **kw)))
+                lambda: dict(profile=profile_case(op_name, 128, hw, c, "bf16", plan=kw)))
         impls, args.skip_model = [], True
     if args.sweep:
         stage1 = dict(B=128, K=4, C=96, N=1, L=3136, dtype="bf16")
         for kw in json.loads(args.plans) if args.plans else SWEEP:
-            run("sweep", f"pallas_mosaic_gpu{kw}", stage1, lambda: bench_scan("", 128, 4, 96, 1, 3136, "bf16", **kw))
+            run("sweep", f"pallas_mosaic_gpu{kw}", stage1,
+                lambda: bench_scan("", 128, 4, 96, 1, 3136, "bf16", plan=kw))
             run("sweep", f"ss2d_core/fused_mosaic_gpu{kw}", stage1,
-                lambda: bench_ss2d("", 128, 56, 96, 1, "bf16", **kw))
+                lambda: bench_ss2d("", 128, 56, 96, 1, "bf16", plan=kw))
         impls, args.skip_model = [], True
     if args.knob_sweep:
         for hw, c in STAGES:
             shape = dict(B=128, K=4, C=c, N=1, L=hw * hw, dtype="bf16")
             for kw in ({args.knob_sweep: True}, {args.knob_sweep: False}):
                 run("knob", f"ss2d_core/fused_mosaic_gpu{kw}", shape,
-                    lambda: bench_ss2d("", 128, hw, c, 1, "bf16", **kw))
+                    lambda: bench_ss2d("", 128, hw, c, 1, "bf16", plan=kw))
             run("knob", "ss2d_core/pallas_mosaic_gpu", shape,
                 lambda: bench_ss2d("pallas_mosaic_gpu", 128, hw, c, 1, "bf16"))
         impls, args.skip_model = [], True
@@ -323,9 +326,9 @@ def main():
             shape = dict(B=128, K=4, C=c, N=1, L=hw * hw, dtype="bf16")
             for splits in counts:
                 run("splits", f"pallas_mosaic_gpu{{'splits': {splits}}}", shape,
-                    lambda: bench_scan("", 128, 4, c, 1, hw * hw, "bf16", splits=splits))
+                    lambda: bench_scan("", 128, 4, c, 1, hw * hw, "bf16", plan=dict(splits=splits)))
                 run("splits", f"ss2d_core/fused_mosaic_gpu{{'splits': {splits}}}", shape,
-                    lambda: bench_ss2d("", 128, hw, c, 1, "bf16", splits=splits))
+                    lambda: bench_ss2d("", 128, hw, c, 1, "bf16", plan=dict(splits=splits)))
         impls, args.skip_model = [], True
     for impl in impls:
         for (b, k, c, n, length, dt) in SHAPES:
