@@ -632,11 +632,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
     if by_xla and not plan.direct_store:
         raise ValueError("dbc_by_xla writes its products straight to GMEM: it needs direct_store=True")
 
-    # du per sequence in u's dtype, but in f32 where orders share a source (the fused core): XLA sums them, and
-    # four bf16-rounded partials put dx at 1.01e-2 from the fp32 result at 14x14 bf16 on the H200, twice the bf16
-    # reference's own error (gpu_kernel_tests_h200_bf16_du.md).
-    du_dtype = f32 if plan.sources < plan.groups else u.dtype
-    out_shapes = [] if merged else [jax.ShapeDtypeStruct((G, lp, dp), du_dtype)]
+    out_shapes = [] if merged else [jax.ShapeDtypeStruct((G, lp, dp), u.dtype)]
     out_shapes += [
         jax.ShapeDtypeStruct((G, lp, dp), ddl_dtype),
         # by XLA: per step and channel [dB products | dC products]; else per tile: [dB rows | dC rows | padding]
