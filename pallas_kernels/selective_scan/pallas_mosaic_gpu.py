@@ -57,8 +57,20 @@ ROWS = 64              # WGMMA layout row granularity for the dB/dC row sums
 FWD_SEQ_TILE = {1: 64, 16: 32}
 BWD_SEQ_TILE = {1: 32, 16: 4}
 # The time loop's unroll factor: the state update is the only loop-carried dependency, so unrolled steps overlap their
-# loads, softplus and exp (one warpgroup per block leaves the SM little else to hide latency with).
-UNROLL = int(os.environ.get("VMAMBA_MGPU_UNROLL", "1"))
+# loads, softplus and exp (one warpgroup per block leaves the SM little else to hide latency with). 2 on the fast plan's
+# d_states since 2026-12-02 (benchmarks/results/scan_sweep_h200_exp2.md: fused core at stage 1 forward+backward 3.58 ->
+# 3.33 ms back-to-back, forward 0.77 -> 0.78; plain scan 3.95 -> 3.94; GPU kernel tests with it:
+# gpu_kernel_tests_h200_unroll2.md), 1 elsewhere (untested on the GPU). VMAMBA_MGPU_UNROLL sets it for every d_state.
+UNROLL = int(os.environ["VMAMBA_MGPU_UNROLL"]) if "VMAMBA_MGPU_UNROLL" in os.environ else None
+
+
+def resolve_unroll(unroll: int | None, d_state: int) -> int:
+    """None -> the module default for this d_state (UNROLL, else 2 on FAST_PLAN_D_STATES and 1 elsewhere)."""
+    if unroll is not None:
+        return int(unroll)
+    if UNROLL is not None:
+        return UNROLL
+    return 2 if d_state in FAST_PLAN_D_STATES else 1
 MAX_CONCURRENT_STEPS = 2
 # Each thread reads and writes only its own lane of SMEM, except the dB/dC row sums, which are fenced explicitly
 # with commit_smem(); the pipeline itself commits SMEM before every TMA store and fetch. So Pallas' conservative
@@ -927,7 +939,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     dp = LANES * math.ceil(per_group / LANES)
     direct_store = resolve_direct_store(direct_store, interpret, d_state)
     plan = _Plan(groups=groups, source=tuple(range(groups)), reverse=(False,) * groups, rank=0, d_state=d_state,
-                 tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=unroll or UNROLL,
+                 tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=resolve_unroll(unroll, d_state),
                  direct_store=direct_store, approx_math=resolve_approx_math(approx_math, d_state), splits=splits,
                  dbc_by_xla=resolve_dbc_by_xla(dbc_by_xla, direct_store), interpret=interpret)
     check_tma_tiles(plan, jnp.dtype(PROJ_DTYPE).itemsize)
