@@ -267,6 +267,27 @@ def test_fused_core_wrapper_check_can_fail(emulated_kernels, monkeypatch):
     assert rel_err(y, ss2d_core_reference(x, *params, scan_implementation="xla")) > 1e-2
 
 
+def _add_any_dtypes(jaxpr, size, found):
+    """The output dtypes of the cotangent sums (add_any) of `size` elements in a jaxpr and its sub-jaxprs."""
+    from jax.extend.core import jaxprs_in_params
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "add_any" and eqn.outvars[0].aval.size == size:
+            found.append(eqn.outvars[0].aval.dtype)
+        for sub in jaxprs_in_params(eqn.params):
+            _add_any_dtypes(sub, size, found)
+    return found
+
+
+@pytest.mark.parametrize("delta_in_kernel", [True, False], ids=["delta-in-kernel", "delta-from-xla"])
+def test_fused_core_sums_dx_in_f32(emulated_kernels, delta_in_kernel):
+    """bf16 x: the partial dx of the four orders' x_proj and of the two sources' du are added in f32 (summed in bf16,
+    XLA's fusions decided the roundings: gpu_kernel_tests_h200_case8.json, 14x14x384 dx 5.1e-3 -> 1.01e-2)."""
+    x, *params = make_core_inputs(4, 1, 3, 5, 12, 1, 3, jnp.bfloat16)
+    loss = lambda x: jnp.sum(fused.ss2d_core(x, *params, delta_in_kernel=delta_in_kernel))  # noqa: E731
+    dtypes = _add_any_dtypes(jax.make_jaxpr(jax.grad(loss))(x).jaxpr, x.size, [])
+    assert len(dtypes) >= 5 and set(dtypes) == {jnp.dtype(f32)}, dtypes
+
+
 # ------------------------------------------------------------------------------------------------ shard_map
 
 SHARDED = textwrap.dedent("""

@@ -94,18 +94,26 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
                       merge_hw=(h, w) if merge else None, source_col_major=tuple(s == 1 for s in layouts),
                       interpret=interpret)
 
-    views = {0: x.reshape(b, L, d), 1: jnp.swapaxes(x, 1, 2).reshape(b, L, d)}
+    # dx sums six partials (four orders' x_proj, two sources' du). Each use takes its own x-dtype copy of an f32 x,
+    # so the backward adds them in f32 and rounds once: added in bf16, XLA's fusion boundaries decided the roundings
+    # and 14x14x384 dx went from 5.1e-3 to 1.01e-2 off the fp32 result on an unrelated change of op order
+    # (benchmarks/results/gpu_kernel_tests_h200_case8.json). The forward is unchanged (the round trip is exact).
+    xf = x.astype(f32)
+
+    def view(s):  # (B, L, D) in x's dtype: 0 row-major, 1 column-major; a fresh copy per use
+        v = xf.reshape(b, L, d) if s == 0 else jnp.swapaxes(xf, 1, 2).reshape(b, L, d)
+        return v.astype(x.dtype)
 
     # x_proj per order, over its own source (a pixel's projection does not depend on the order): (B, K, R+2N, L).
     precision = jax.lax.Precision.HIGHEST if x.dtype == f32 else None
     wx = x_proj_weight.astype(x.dtype)
-    proj = jnp.stack([jnp.einsum("bld,cd->bcl", views[k % 2], wx[j], precision=precision)
+    proj = jnp.stack([jnp.einsum("bld,cd->bcl", view(k % 2), wx[j], precision=precision)
                       for j, k in enumerate(directions)], axis=1)
 
     if merge:  # the row-major image: the kernel's wrapper builds the sources (`_sources`) and merges into it
-        u = jnp.pad(views[0], ((0, 0), (0, lp - L), (0, dp - d)))
+        u = jnp.pad(view(0), ((0, 0), (0, lp - L), (0, dp - d)))
     else:
-        src = jnp.stack([views[s] for s in layouts], axis=1)            # (B, S, L, D)
+        src = jnp.stack([view(s) for s in layouts], axis=1)            # (B, S, L, D)
         u = jnp.pad(src, ((0, 0), (0, 0), (0, lp - L), (0, dp - d))).reshape(b * len(layouts), lp, dp)
     A = -jnp.exp(A_logs.astype(f32)).reshape(k_n, d, n)
     rows = [Ds.astype(f32).reshape(k_n, 1, d), dt_projs_bias.astype(f32).reshape(k_n, 1, d), jnp.swapaxes(A, 1, 2)]
