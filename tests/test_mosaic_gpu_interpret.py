@@ -101,6 +101,16 @@ def test_dbc_by_xla_in_interpreter(op, d_state, dtype):
               d_state, dtype)
 
 
+@pytest.mark.parametrize("op,d_state,dtype,delta_in_kernel", [
+    ("scan", 1, jnp.float32, None), ("fused", 2, jnp.bfloat16, True), ("fused", 1, jnp.float32, False)],
+    ids=["scan-N1-fp32", "fused-N2-bf16", "fused-N1-fp32-delta-from-xla"])
+def test_cache_steps_in_interpreter(op, d_state, dtype, delta_in_kernel):
+    """The backward's adjoint loop on the delta, softplus' derivative and decays its recompute loop kept in SMEM
+    (`cache_steps`), walk-step indexed, in reversed orders too: every gradient."""
+    plan = dict(seq_tile=4, bwd_seq_tile=4, cache_steps=True, interpret=mosaic_gpu_interpreter())
+    _check_op(op, plan | ({} if op == "scan" else dict(delta_in_kernel=delta_in_kernel)), 15, d_state, dtype)
+
+
 @pytest.mark.parametrize("d_state,dtype,directions", [
     (1, jnp.float32, (0, 1, 2, 3)), (2, jnp.bfloat16, (0, 1, 2, 3)), (1, jnp.float32, (1, 3))],
     ids=["N1-fp32", "N2-bf16", "column-major-only"])

@@ -100,6 +100,10 @@ SPLITS = int(os.environ.get("VMAMBA_MGPU_SPLITS", "1"))
 # backward tile; so it is a knob, not a default. Every d_state 1 GPU kernel test passed with it on
 # (gpu_kernel_tests_h200_dbc_by_xla.md). VMAMBA_MGPU_DBC_BY_XLA=1 turns it on.
 DBC_BY_XLA = os.environ.get("VMAMBA_MGPU_DBC_BY_XLA", "0") == "1"
+# `_Plan.cache_steps`' default: off. Right on the H200 (GPU kernel tests 24/24 at d_state 1) but no faster: the plain
+# scan's stage-1 forward+backward 3.93 -> 3.91 ms, the fused core's 3.33 -> 4.19 ms (48 KB more SMEM at its backward
+# tile of 32: fewer resident blocks); benchmarks/results/scan_cache_steps_h200.md. VMAMBA_MGPU_CACHE_STEPS=1 turns it on.
+CACHE_STEPS = os.environ.get("VMAMBA_MGPU_CACHE_STEPS", "0") == "1"
 
 
 def resolve_approx_math(approx_math: bool | None, d_state: int) -> bool:
@@ -168,6 +172,10 @@ class _Plan:
     # sequence, so for small d_state. Measured (scan_bwd_sweep_h200.md): more resident blocks bought the fused core
     # little (3% at bwd tile 16); the plain scan alone gained 15%, its SS2D composition lost 11% (see DBC_BY_XLA).
     dbc_by_xla: bool = False
+    # The backward's recompute loop keeps each step's delta, softplus' derivative and decays exp(delta A_j) in an SMEM
+    # tile ((tl_bwd, 2+N, 128) f32) for the adjoint loop, which otherwise forms them again: at d_state 1 that is the
+    # step's R dts loads and FMAs (the in-kernel delta) and 4 of its MUFU ops (ex2, lg2, ex, ex2) against 3 SMEM loads.
+    cache_steps: bool = False
     # The SS2D merge in the kernel (the fused core; direct_store only): (H, W) of the image whose row-major (Lp, Dp)
     # positions the orders' outputs are summed into. The forward adds each order's y, and the backward each order's
     # du, into one (batch, Lp, Dp) f32 array by atomic adds (`_accumulate`), a column-major source's position mapped
@@ -659,6 +667,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
         dh0_ref = refs.pop(0) if dh0 is not None else None
         du_ref = refs.pop(0)  # merge_hw plans: the accumulator (an input ref), else the first output
         ddl_ref, dbc_ref, dp_ref, p_smem, bar, st_smem, *refs = refs
+        cache = refs.pop(0) if plan.cache_steps else None  # per walk step t: [dt, dsp (softplus), a_0..a_{N-1}]
         red_smem = None if by_xla else refs.pop(0)
         h_scratch = refs
         g, k, src, rev, d0 = _block_coords(plan)
@@ -670,6 +679,8 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
         back = lambda i: c * n_loc + n_loc - 1 - i  # noqa: E731 - walk tile of this split's backward step i
         chunk = lambda i: _walk(rev, back(i), n_seq)  # noqa: E731 - its position tile
         col_major = _pick(k, [plan.source_col_major[s] for s in plan.source]) if merged else None
+
+        a_row = 1 + plan.softplus  # the cache's first decay row
 
         def tile(idx, u_s, *rest):
             if has_dl:
@@ -689,11 +700,18 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
 
             def recompute(t, h):  # st_smem[t + 1] = state after walk step t of the tile
                 p = _walk(rev, t, tl)
-                dt, _, uu = inputs(p)
+                dt, dsp, uu = inputs(p)
+                if cache is not None:
+                    cache[t, 0] = dt
+                    if plan.softplus:
+                        cache[t, 1] = dsp
                 dtu = dt * uu
                 h_new = []
                 for j in range(n):
-                    hj = jnp.exp2(dt * A[j]) * h[j] + dtu * proj.b(pr_s, j, p)
+                    a = jnp.exp2(dt * A[j])
+                    if cache is not None:
+                        cache[t, a_row + j] = a
+                    hj = a * h[j] + dtu * proj.b(pr_s, j, p)
                     st_smem[t + 1, j] = hj
                     h_new.append(hj)
                 return tuple(h_new)
@@ -704,7 +722,10 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                 dh, dA, dD, dbias = carry
                 t = tl - 1 - i
                 p = _walk(rev, t, tl)
-                dt, dsp, uu = inputs(p)
+                if cache is None:
+                    dt, dsp, uu = inputs(p)
+                else:
+                    dt, dsp, uu = cache[t, 0], cache[t, 1] if plan.softplus else None, u_s[p].astype(f32)
                 dy = dy_s[p]
                 dtu = dt * uu
                 ddt = _zeros(plan)
@@ -718,7 +739,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                     else:
                         red_smem[rows + p * n + j] = st_smem[t + 1, j] * dy      # dC row
                     dhj = dh[j] + dy * c                                          # adjoint of h_t
-                    a = jnp.exp2(dt * A[j])
+                    a = jnp.exp2(dt * A[j]) if cache is None else cache[t, a_row + j]
                     gj = dhj * st_smem[t, j] * a
                     ddt = ddt + gj * A[j]                                         # x log2(e), see below
                     dhb = dhb + dhj * b
@@ -792,7 +813,9 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
     outs, acc = _launch(
         plan, body, out_shapes, grid, grid_names,
         [plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1),
-         plgpu.SMEM((tl + 1, n, LANES), f32)] + ([] if by_xla else [plgpu.SMEM((rows_pad, LANES), f32)]) + (
+         plgpu.SMEM((tl + 1, n, LANES), f32)] + (
+            [plgpu.SMEM((tl, 1 + plan.softplus + n, LANES), f32)] if plan.cache_steps else []) + (
+            [] if by_xla else [plgpu.SMEM((rows_pad, LANES), f32)]) + (
             [plgpu.SMEM((n, LANES), f32), plgpu.Barrier(num_arrivals=1)] if dh0 is not None else []),
         operands, [jnp.zeros((G // plan.groups, lp, dp), f32)] if merged else ())
     du, ddl, dbc, dprm = list(acc) + list(outs)
@@ -916,6 +939,11 @@ def resolve_dbc_by_xla(dbc_by_xla: bool | None, direct_store: bool) -> bool:
     return bool(DBC_BY_XLA and direct_store if dbc_by_xla is None else dbc_by_xla)
 
 
+def resolve_cache_steps(cache_steps: bool | None) -> bool:
+    """None -> the module default (CACHE_STEPS)."""
+    return bool(CACHE_STEPS if cache_steps is None else cache_steps)
+
+
 def resolve_splits(splits: int | None) -> int:
     """None -> the module default (SPLITS)."""
     splits = SPLITS if splits is None else int(splits)
@@ -927,7 +955,7 @@ def resolve_splits(splits: int | None) -> int:
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *,
                    seq_tile: int | None = None, bwd_seq_tile: int | None = None, unroll: int | None = None,
                    direct_store: bool | None = None, approx_math: bool | None = None, splits: int | None = None,
-                   dbc_by_xla: bool | None = None, interpret=None):
+                   dbc_by_xla: bool | None = None, cache_steps: bool | None = None, interpret=None):
     """Same contract as `reference.selective_scan_reference`: y fp32 (batch, K*D, L); differentiable.
 
     The keywords are the kernel's tuning knobs (`_Plan`; None: the module defaults) and Pallas' Mosaic GPU
@@ -941,7 +969,8 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     plan = _Plan(groups=groups, source=tuple(range(groups)), reverse=(False,) * groups, rank=0, d_state=d_state,
                  tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=resolve_unroll(unroll, d_state),
                  direct_store=direct_store, approx_math=resolve_approx_math(approx_math, d_state), splits=splits,
-                 dbc_by_xla=resolve_dbc_by_xla(dbc_by_xla, direct_store), interpret=interpret)
+                 dbc_by_xla=resolve_dbc_by_xla(dbc_by_xla, direct_store), cache_steps=resolve_cache_steps(cache_steps),
+                 interpret=interpret)
     check_tma_tiles(plan, jnp.dtype(PROJ_DTYPE).itemsize)
 
     def seq(x):  # (batch, K*D, L) -> (batch*K, Lp, Dp), channel-minor, zero padded
