@@ -85,7 +85,8 @@ for s in "$@"; do
                 --out "$RES/scan_sweep.json" ;;
     breakdown) stage breakdown "${BREAKDOWN_S:-300}" python3 benchmarks/train_step_breakdown.py ${SCAN_IMPL:+--impl "$SCAN_IMPL"} \
                 --variants "${BREAKDOWN:-model,shift_conv}" --out "$RES/train_step_breakdown.json" ;;
-    parity)   stage parity 300 python3 -m pytest -q -p no:cacheprovider tests/test_vmamba_parity.py \
+    parity)   # PARITY_S: 300 s ran the 22 model parity tests but cut the converter test (2026-12-03, H200)
+              stage parity "${PARITY_S:-420}" python3 -m pytest -q -p no:cacheprovider tests/test_vmamba_parity.py \
                 tests/test_convert_torch.py ;;
     train_*)  # VMamba-T's train step compiles in ~120 s on the H200 (2026-12-01); S and B are deeper.
               # train_T+S+B: one invocation, the three models compiled in parallel, then timed in turns (run_in_turns).
