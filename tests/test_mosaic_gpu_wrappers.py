@@ -25,6 +25,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
+from jax.extend.core import jaxprs_in_params
 
 from pallas_kernels.selective_scan import api as scan_api
 from pallas_kernels.selective_scan import pallas_mosaic_gpu as mgpu
@@ -273,7 +274,6 @@ def test_fused_core_wrapper_check_can_fail(emulated_kernels, monkeypatch):
 
 def _add_any_dtypes(jaxpr, size, found):
     """The output dtypes of the cotangent sums (add_any) of `size` elements in a jaxpr and its sub-jaxprs."""
-    from jax.extend.core import jaxprs_in_params
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "add_any" and eqn.outvars[0].aval.size == size:
             found.append(eqn.outvars[0].aval.dtype)
