@@ -156,6 +156,7 @@ def main():
                mgpu_direct_store=mgpu.DIRECT_STORE, mgpu_approx_math=mgpu.APPROX_MATH,
                mgpu_fast_plan_d_states=list(mgpu.FAST_PLAN_D_STATES), mgpu_splits=mgpu.SPLITS, mgpu_unroll=mgpu.UNROLL,
                mgpu_dbc_by_xla=mgpu.DBC_BY_XLA, mgpu_cache_steps=mgpu.CACHE_STEPS,
+               mgpu_static_orders=mgpu.STATIC_ORDERS,
                mgpu_delta_in_kernel_max_rank=fused.DELTA_IN_KERNEL_MAX_RANK, mgpu_merge_in_kernel=fused.MERGE_IN_KERNEL)
     print(json.dumps(env))
     # VMamba-T's stages, an odd length, and L 16 (CIFAR's 4x4 last stage: tiles shrunk to 8, plan_tiles)

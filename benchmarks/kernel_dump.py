@@ -46,6 +46,29 @@ def loops(sass: str) -> list[dict]:
     return out
 
 
+def ptx_loops(ptx: str) -> list[dict]:
+    """The loops of one PTX listing (when no SASS was dumped): per backward `bra` to a `$L__BB..` label above it, the
+    instructions between them with an opcode histogram (PTX opcodes: a rough map of the SASS, close enough to see
+    what a time step spends its instructions on)."""
+    labels, body = {}, []
+    for line in ptx.splitlines():
+        line = line.strip()
+        m = re.match(r"(\$L__\w+):", line)
+        if m:
+            labels[m.group(1)] = len(body)
+            continue
+        if line and not line.startswith(("//", ".", "{", "}")) and line.endswith(";"):
+            body.append(line)
+    out = []
+    for i, ins in enumerate(body):
+        m = re.search(r"\bbra(?:\.uni)?\s+(\$L__\w+);", ins)
+        if m and m.group(1) in labels and labels[m.group(1)] <= i:
+            seg = body[labels[m.group(1)]:i + 1]
+            ops = collections.Counter(re.sub(r"^@%?!?\w+\s+", "", s).split()[0] for s in seg)
+            out.append(dict(label=m.group(1), instructions=len(seg), opcodes=dict(ops.most_common())))
+    return out
+
+
 def summarise(dump: Path) -> list[dict]:
     recs = []
     for f in sorted(dump.iterdir()):
@@ -53,6 +76,9 @@ def summarise(dump: Path) -> list[dict]:
             text = f.read_text(errors="replace")
             recs.append(dict(file=f.name, instructions=len(re.findall(r"/\*[0-9a-f]+\*/\s+\S", text)),
                              loops=loops(text)))
+        elif f.suffix == ".ptx":
+            text = f.read_text(errors="replace")
+            recs.append(dict(file=f.name, ptx_loops=ptx_loops(text)))
         elif "ptxas" in f.name:
             text = f.read_text(errors="replace")
             recs.append(dict(file=f.name, ptxas=[line.strip() for line in text.splitlines()
@@ -94,6 +120,8 @@ def main():
         if "loops" in r:
             print(r["file"], r["instructions"], "instructions; loops:",
                   [(lp["label"], lp["instructions"]) for lp in r["loops"]])
+        elif "ptx_loops" in r:
+            print(r["file"], "PTX loops:", [(lp["label"], lp["instructions"]) for lp in r["ptx_loops"]])
         else:
             print(r["file"], r["ptxas"])
 

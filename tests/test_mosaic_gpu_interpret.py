@@ -111,6 +111,28 @@ def test_cache_steps_in_interpreter(op, d_state, dtype, delta_in_kernel):
     _check_op(op, plan | ({} if op == "scan" else dict(delta_in_kernel=delta_in_kernel)), 15, d_state, dtype)
 
 
+@pytest.mark.parametrize("d_state,dtype,merge_in_kernel,delta_in_kernel", [
+    (1, jnp.float32, False, True), (2, jnp.bfloat16, True, True), (1, jnp.float32, True, False)],
+    ids=["N1-fp32", "N2-bf16-merged", "N1-fp32-merged-delta-from-xla"])
+def test_static_orders_in_interpreter(d_state, dtype, merge_in_kernel, delta_in_kernel):
+    """Each block running the branch compiled for its own order (`static_orders`: the walk direction and, merged,
+    the source layout as constants), forward and backward, every gradient."""
+    plan = dict(seq_tile=4, bwd_seq_tile=4, static_orders=True, merge_in_kernel=merge_in_kernel,
+                delta_in_kernel=delta_in_kernel, interpret=mosaic_gpu_interpreter())
+    _check_op("fused", plan, 16, d_state, dtype)
+
+
+def test_static_orders_check_can_fail(monkeypatch):
+    """A branch that walks its order the wrong way must fail: every order compiled as walking forwards."""
+    x, *params = make_core_inputs(16, 1, 5, 7, 8, 1, 2, jnp.float32)
+    real = mgpu._order_branches
+    monkeypatch.setattr(mgpu, "_order_branches",
+                        lambda plan, k: [(pred, False, col) for pred, _, col in real(plan, k)])
+    y = fused.ss2d_core(x, *params, seq_tile=4, bwd_seq_tile=4, static_orders=True,
+                        interpret=mosaic_gpu_interpreter())
+    assert rel_err(y, ss2d_core_reference(x, *params, scan_implementation="xla")) > 1e-2
+
+
 @pytest.mark.parametrize("d_state,dtype,directions", [
     (1, jnp.float32, (0, 1, 2, 3)), (2, jnp.bfloat16, (0, 1, 2, 3)), (1, jnp.float32, (1, 3))],
     ids=["N1-fp32", "N2-bf16", "column-major-only"])

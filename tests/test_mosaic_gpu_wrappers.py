@@ -71,6 +71,10 @@ def test_kernels_lower_for_cuda(d_state, dtype):
     assert _export_for_cuda(jax.grad(lambda *a: xla_delta(*a).sum(), tuple(range(6))), *core) == 2
     cached = lambda *a: fused.ss2d_core(*a, cache_steps=True)  # noqa: E731 - the backward's per-step SMEM cache
     assert _export_for_cuda(jax.grad(lambda *a: cached(*a).sum(), tuple(range(6))), *core) == 2
+    static = lambda *a: fused.ss2d_core(*a, static_orders=True)  # noqa: E731 - a compiled walk per order
+    assert _export_for_cuda(jax.grad(lambda *a: static(*a).sum(), tuple(range(6))), *core) == 2
+    static_merged = lambda *a: fused.ss2d_core(*a, static_orders=True, merge_in_kernel=True)  # noqa: E731
+    assert _export_for_cuda(jax.grad(lambda *a: static_merged(*a).sum(), tuple(range(6))), *core) == 2
     plain_cached = lambda *a: mgpu.selective_scan(*a, cache_steps=True)  # noqa: E731
     assert _export_for_cuda(jax.grad(lambda *a: plain_cached(*a).sum(), tuple(range(7))), *args) == 2
     # A split walk: the forward adds the split-summary kernel; the gradient has the training forward's pair and the

@@ -104,6 +104,9 @@ DBC_BY_XLA = os.environ.get("VMAMBA_MGPU_DBC_BY_XLA", "0") == "1"
 # scan's stage-1 forward+backward 3.93 -> 3.91 ms, the fused core's 3.33 -> 4.19 ms (48 KB more SMEM at its backward
 # tile of 32: fewer resident blocks); benchmarks/results/scan_cache_steps_h200.md. VMAMBA_MGPU_CACHE_STEPS=1 turns it on.
 CACHE_STEPS = os.environ.get("VMAMBA_MGPU_CACHE_STEPS", "0") == "1"
+# `_Plan.static_orders`' default (the fused core's four orders, each block compiled for its own): off until its GPU
+# tests and timings. VMAMBA_MGPU_STATIC_ORDERS=1 turns it on.
+STATIC_ORDERS = os.environ.get("VMAMBA_MGPU_STATIC_ORDERS", "0") == "1"
 
 
 def resolve_approx_math(approx_math: bool | None, d_state: int) -> bool:
@@ -185,6 +188,12 @@ class _Plan:
     # and du may differ from run to run in the last bit.
     merge_hw: tuple[int, int] | None = None
     source_col_major: tuple[bool, ...] = ()    # per source: the column-major view of the image (merge_hw plans)
+    # Each block runs code compiled for its own order: one `pl.when` branch per distinct (walk direction, source
+    # layout), those Python constants in it (`_order_branches`), instead of one body with them traced from the block's
+    # order. A step's in-tile index is then t or TL-1-t (no multiply-add of a runtime direction flag), its SMEM and
+    # GMEM addresses constant offsets in the unrolled loop, and the merge's row map (merge_hw) is the identity for the
+    # row-major source. Costs code size (up to 4 copies of each walk) and nothing at run time: one branch a block.
+    static_orders: bool = False
     # Pallas' Mosaic GPU interpreter parameters (tests on CPU), or None to compile for the GPU.
     interpret: object = None
 
@@ -218,8 +227,37 @@ def _pick(k, values):
 
 
 def _walk(rev, i, n):
-    """Index visited at walk step i of n: i, or n-1-i when rev (a traced 0/1, or None for never)."""
-    return i if rev is None else i + rev * (n - 1 - 2 * i)
+    """Index visited at walk step i of n: i, or n-1-i when rev (a traced 0/1, a Python bool, or None for never)."""
+    if rev is None or rev is False:
+        return i
+    if rev is True:
+        return n - 1 - i
+    return i + rev * (n - 1 - 2 * i)
+
+
+def _order_branches(plan, k):
+    """The kernel body's branches, [(predicate, rev, col_major)]: each block runs the one whose predicate its order k
+    meets (None: every block). With `static_orders` one per distinct (walk direction, source layout) of the orders,
+    those as Python constants; else one for every block with them traced from k (`_pick`; None where no order
+    reverses, or no plan merges)."""
+    col = [plan.source_col_major[s] for s in plan.source] if plan.merged else [None] * plan.groups
+    combos = {}
+    for kk in range(plan.groups):
+        combos.setdefault((bool(plan.reverse[kk]), col[kk]), []).append(kk)
+    if not plan.static_orders or len(combos) == 1:
+        rev = _pick(k, plan.reverse) if plan.any_reverse else None
+        return [(None, rev, _pick(k, col) if plan.merged else None)]
+    return [(functools.reduce(jnp.logical_or, [k == kk for kk in ks]), rev, col_major)
+            for (rev, col_major), ks in combos.items()]
+
+
+def _run_branches(branches, run):
+    """run(rev, col_major) under each branch's predicate (`_order_branches`)."""
+    for pred, rev, col_major in branches:
+        if pred is None:
+            run(rev, col_major)
+        else:
+            pl.when(pred)(functools.partial(run, rev, col_major))
 
 
 def _zeros(plan):
@@ -467,70 +505,73 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
         h0_ref = refs.pop(0) if h0 is not None else None
         y_acc = refs.pop(0) if merged else None
         outs, (p_smem, bar, *h_scratch) = refs[:len(out_shapes)], refs[len(out_shapes):]
-        g, k, src, rev, d0 = _block_coords(plan)
+        g, k, src, _, d0 = _block_coords(plan)
         c = _split_index(plan)
         plgpu.copy_gmem_to_smem(p_ref.at[k, :, pl.ds(d0, LANES)], p_smem, bar)
         plgpu.barrier_wait(bar)
         Dv, bias, A, W = _params(plan, p_smem)
         walk = lambda i: c * n_loc + i  # noqa: E731 - the walk tile of this split's pipeline step i
-        chunk = lambda i: _walk(rev, walk(i), n_seq)  # noqa: E731 - its position tile
-        col_major = _pick(k, [plan.source_col_major[s] for s in plan.source]) if merged else None
         h_init = tuple(_zeros(plan) for _ in range(n)) if h0 is None else _load_rows(
             h0_ref.at[g, c, :, pl.ds(d0, LANES)], *h_scratch, n)
 
-        def tile(idx, u_s, *rest):
-            if has_dl:
-                dl_s, pr_s, *o_s, h = rest
-            else:
-                dl_s, (pr_s, *o_s, h) = None, rest
-            y_s = None if merged else o_s[0]
-            if save_states:  # the state entering walk tile idx
-                for j in range(n):
-                    if plan.direct_store:
-                        o_s[-1][walk(idx[0]), j] = h[j]
-                    else:
-                        o_s[-1][j] = h[j]
-            # y's row: in the SMEM tile, or in the sequence when y goes straight to GMEM.
-            y_row = (lambda p: chunk(idx[0]) * tl + p) if plan.direct_store else (lambda p: p)
+        def run(rev, col_major):  # the walk of one branch (`_order_branches`)
+            chunk = lambda i: _walk(rev, walk(i), n_seq)  # noqa: E731 - its position tile
 
-            def step(t, h):
-                p = _walk(rev, t, tl)
-                dt, _ = _softplus(_delta_raw(plan, proj, dl_s, pr_s, W, p) + bias, plan.softplus)
-                uu = u_s[p].astype(f32)
-                dtu = dt * uu
-                y = Dv * uu
-                h_new = []
-                for j in range(n):
-                    hj = jnp.exp2(dt * A[j]) * h[j] + dtu * proj.b(pr_s, j, p)
-                    y = y + hj * proj.c(pr_s, j, p)
-                    h_new.append(hj)
-                if merged:
-                    _accumulate(plan, y_acc.at[g // plan.groups, _merged_row(plan, col_major, y_row(p)),
-                                                pl.ds(d0, LANES)], y)
+            def tile(idx, u_s, *rest):
+                if has_dl:
+                    dl_s, pr_s, *o_s, h = rest
                 else:
-                    y_s[y_row(p)] = y
-                return tuple(h_new)
+                    dl_s, (pr_s, *o_s, h) = None, rest
+                y_s = None if merged else o_s[0]
+                if save_states:  # the state entering walk tile idx
+                    for j in range(n):
+                        if plan.direct_store:
+                            o_s[-1][walk(idx[0]), j] = h[j]
+                        else:
+                            o_s[-1][j] = h[j]
+                # y's row: in the SMEM tile, or in the sequence when y goes straight to GMEM.
+                y_row = (lambda p: chunk(idx[0]) * tl + p) if plan.direct_store else (lambda p: p)
 
-            h = jax.lax.fori_loop(0, tl, step, h, unroll=plan.unroll)
-            _end_direct_tile(plan)
-            return h
+                def step(t, h):
+                    p = _walk(rev, t, tl)
+                    dt, _ = _softplus(_delta_raw(plan, proj, dl_s, pr_s, W, p) + bias, plan.softplus)
+                    uu = u_s[p].astype(f32)
+                    dtu = dt * uu
+                    y = Dv * uu
+                    h_new = []
+                    for j in range(n):
+                        hj = jnp.exp2(dt * A[j]) * h[j] + dtu * proj.b(pr_s, j, p)
+                        y = y + hj * proj.c(pr_s, j, p)
+                        h_new.append(hj)
+                    if merged:
+                        _accumulate(plan, y_acc.at[g // plan.groups, _merged_row(plan, col_major, y_row(p)),
+                                                    pl.ds(d0, LANES)], y)
+                    else:
+                        y_s[y_row(p)] = y
+                    return tuple(h_new)
 
-        seq = pl.BlockSpec((tl, LANES), lambda i: (chunk(i), 0))
-        in_specs = [seq] + ([seq] if has_dl else []) + [proj.spec(tl, chunk)]
-        in_refs = [u_ref.at[src, :, pl.ds(d0, LANES)]] + ([dl_ref.at[g, :, pl.ds(d0, LANES)]] if has_dl else [])
-        in_refs.append(pr_ref.at[g])
-        if plan.direct_store:
-            out_specs = [pl.BlockSpec(memory_space=plgpu.GMEM)] * len(out_shapes)
-        else:
-            out_specs = [seq] + ([pl.BlockSpec((None, n, LANES), lambda i: (walk(i), 0, 0))] if save_states else [])
-        out_refs = [] if merged else [outs[0].at[g, :, pl.ds(d0, LANES)]]
-        if save_states:
-            out_refs.append(outs[-1].at[g, :, :, pl.ds(d0, LANES)])
-        plgpu.emit_pipeline(
-            tile, grid=(n_loc,), in_specs=in_specs, out_specs=out_specs,
-            max_concurrent_steps=MAX_CONCURRENT_STEPS,
-            init_carry=h_init,
-        )(*in_refs, *out_refs)
+                h = jax.lax.fori_loop(0, tl, step, h, unroll=plan.unroll)
+                _end_direct_tile(plan)
+                return h
+
+            seq = pl.BlockSpec((tl, LANES), lambda i: (chunk(i), 0))
+            in_specs = [seq] + ([seq] if has_dl else []) + [proj.spec(tl, chunk)]
+            in_refs = [u_ref.at[src, :, pl.ds(d0, LANES)]] + ([dl_ref.at[g, :, pl.ds(d0, LANES)]] if has_dl else [])
+            in_refs.append(pr_ref.at[g])
+            if plan.direct_store:
+                out_specs = [pl.BlockSpec(memory_space=plgpu.GMEM)] * len(out_shapes)
+            else:
+                out_specs = [seq] + ([pl.BlockSpec((None, n, LANES), lambda i: (walk(i), 0, 0))] if save_states else [])
+            out_refs = [] if merged else [outs[0].at[g, :, pl.ds(d0, LANES)]]
+            if save_states:
+                out_refs.append(outs[-1].at[g, :, :, pl.ds(d0, LANES)])
+            plgpu.emit_pipeline(
+                tile, grid=(n_loc,), in_specs=in_specs, out_specs=out_specs,
+                max_concurrent_steps=MAX_CONCURRENT_STEPS,
+                init_carry=h_init,
+            )(*in_refs, *out_refs)
+
+        _run_branches(_order_branches(plan, k), run)
 
     operands = [u] + ([dl] if has_dl else []) + [proj_arr, prm] + ([h0] if h0 is not None else [])
     grid, grid_names = _grid(plan, G, n_ch, plan.splits)
@@ -670,143 +711,145 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
         cache = refs.pop(0) if plan.cache_steps else None  # per walk step t: [dt, dsp (softplus), a_0..a_{N-1}]
         red_smem = None if by_xla else refs.pop(0)
         h_scratch = refs
-        g, k, src, rev, d0 = _block_coords(plan)
+        g, k, src, _, d0 = _block_coords(plan)
         c = _split_index(plan)
         dti = jax.lax.axis_index("d")
         plgpu.copy_gmem_to_smem(p_ref.at[k, :, pl.ds(d0, LANES)], p_smem, bar)
         plgpu.barrier_wait(bar)
         Dv, bias, A, W = _params(plan, p_smem)
         back = lambda i: c * n_loc + n_loc - 1 - i  # noqa: E731 - walk tile of this split's backward step i
-        chunk = lambda i: _walk(rev, back(i), n_seq)  # noqa: E731 - its position tile
-        col_major = _pick(k, [plan.source_col_major[s] for s in plan.source]) if merged else None
 
-        a_row = 1 + plan.softplus  # the cache's first decay row
+        def run(rev, col_major):  # the walk of one branch (`_order_branches`)
+            chunk = lambda i: _walk(rev, back(i), n_seq)  # noqa: E731 - its position tile
+            a_row = 1 + plan.softplus  # the cache's first decay row
 
-        def tile(idx, u_s, *rest):
-            if has_dl:
-                dl_s, pr_s, hs_s, dy_s, *o_s, carry = rest
-            else:
-                dl_s, (pr_s, hs_s, dy_s, *o_s, carry) = None, rest
-            du_s, ddl_s, dbc_s = [None] * (3 - len(o_s)) + o_s
-            # du's and d(delta)'s row: in the SMEM tiles, or in the sequence when they go straight to GMEM.
-            g_row = (lambda p: chunk(idx[0]) * tl + p) if plan.direct_store else (lambda p: p)
+            def tile(idx, u_s, *rest):
+                if has_dl:
+                    dl_s, pr_s, hs_s, dy_s, *o_s, carry = rest
+                else:
+                    dl_s, (pr_s, hs_s, dy_s, *o_s, carry) = None, rest
+                du_s, ddl_s, dbc_s = [None] * (3 - len(o_s)) + o_s
+                # du's and d(delta)'s row: in the SMEM tiles, or in the sequence when they go straight to GMEM.
+                g_row = (lambda p: chunk(idx[0]) * tl + p) if plan.direct_store else (lambda p: p)
 
-            def inputs(p):
-                dt, dsp = _softplus(_delta_raw(plan, proj, dl_s, pr_s, W, p) + bias, plan.softplus)
-                return dt, dsp, u_s[p].astype(f32)
+                def inputs(p):
+                    dt, dsp = _softplus(_delta_raw(plan, proj, dl_s, pr_s, W, p) + bias, plan.softplus)
+                    return dt, dsp, u_s[p].astype(f32)
 
-            for j in range(n):
-                st_smem[0, j] = hs_s[j]
-
-            def recompute(t, h):  # st_smem[t + 1] = state after walk step t of the tile
-                p = _walk(rev, t, tl)
-                dt, dsp, uu = inputs(p)
-                if cache is not None:
-                    cache[t, 0] = dt
-                    if plan.softplus:
-                        cache[t, 1] = dsp
-                dtu = dt * uu
-                h_new = []
                 for j in range(n):
-                    a = jnp.exp2(dt * A[j])
-                    if cache is not None:
-                        cache[t, a_row + j] = a
-                    hj = a * h[j] + dtu * proj.b(pr_s, j, p)
-                    st_smem[t + 1, j] = hj
-                    h_new.append(hj)
-                return tuple(h_new)
+                    st_smem[0, j] = hs_s[j]
 
-            jax.lax.fori_loop(0, tl, recompute, tuple(hs_s[j] for j in range(n)), unroll=plan.unroll)
-
-            def step(i, carry):
-                dh, dA, dD, dbias = carry
-                t = tl - 1 - i
-                p = _walk(rev, t, tl)
-                if cache is None:
+                def recompute(t, h):  # st_smem[t + 1] = state after walk step t of the tile
+                    p = _walk(rev, t, tl)
                     dt, dsp, uu = inputs(p)
-                else:
-                    dt, dsp, uu = cache[t, 0], cache[t, 1] if plan.softplus else None, u_s[p].astype(f32)
-                dy = dy_s[p]
-                dtu = dt * uu
-                ddt = _zeros(plan)
-                dhb = _zeros(plan)
-                dh_new, dA_new = [], []
-                for j in range(n):
-                    b = proj.b(pr_s, j, p)
-                    c = proj.c(pr_s, j, p)
-                    if by_xla:
-                        dbc_s[n + j, g_row(p)] = st_smem[t + 1, j] * dy             # dC product
-                    else:
-                        red_smem[rows + p * n + j] = st_smem[t + 1, j] * dy      # dC row
-                    dhj = dh[j] + dy * c                                          # adjoint of h_t
-                    a = jnp.exp2(dt * A[j]) if cache is None else cache[t, a_row + j]
-                    gj = dhj * st_smem[t, j] * a
-                    ddt = ddt + gj * A[j]                                         # x log2(e), see below
-                    dhb = dhb + dhj * b
-                    if by_xla:
-                        dbc_s[j, g_row(p)] = dhj * dtu                              # dB product
-                    else:
-                        red_smem[p * n + j] = dhj * dtu                           # dB row
-                    dA_new.append(dA[j] + gj * dt)
-                    dh_new.append(dhj * a)
-                ddt = ddt * LN2 + dhb * uu                                        # A_j's units back
-                draw = ddt * dsp if plan.softplus else ddt
-                du = dy * Dv + dhb * dt
-                if merged:
-                    _accumulate(plan, du_ref.at[g // plan.groups, _merged_row(plan, col_major, g_row(p)),
-                                                 pl.ds(d0, LANES)], du)
-                else:
-                    du_s[g_row(p)] = du.astype(du_s.dtype)
-                ddl_s[g_row(p)] = draw.astype(ddl_s.dtype)
-                return tuple(dh_new), tuple(dA_new), dD + dy * uu, dbias + draw
+                    if cache is not None:
+                        cache[t, 0] = dt
+                        if plan.softplus:
+                            cache[t, 1] = dsp
+                    dtu = dt * uu
+                    h_new = []
+                    for j in range(n):
+                        a = jnp.exp2(dt * A[j])
+                        if cache is not None:
+                            cache[t, a_row + j] = a
+                        hj = a * h[j] + dtu * proj.b(pr_s, j, p)
+                        st_smem[t + 1, j] = hj
+                        h_new.append(hj)
+                    return tuple(h_new)
 
-            carry = jax.lax.fori_loop(0, tl, step, carry, unroll=plan.unroll)
-            if by_xla:
-                _end_direct_tile(plan)
+                jax.lax.fori_loop(0, tl, recompute, tuple(hs_s[j] for j in range(n)), unroll=plan.unroll)
+
+                def step(i, carry):
+                    dh, dA, dD, dbias = carry
+                    t = tl - 1 - i
+                    p = _walk(rev, t, tl)
+                    if cache is None:
+                        dt, dsp, uu = inputs(p)
+                    else:
+                        dt, dsp, uu = cache[t, 0], cache[t, 1] if plan.softplus else None, u_s[p].astype(f32)
+                    dy = dy_s[p]
+                    dtu = dt * uu
+                    ddt = _zeros(plan)
+                    dhb = _zeros(plan)
+                    dh_new, dA_new = [], []
+                    for j in range(n):
+                        b = proj.b(pr_s, j, p)
+                        c = proj.c(pr_s, j, p)
+                        if by_xla:
+                            dbc_s[n + j, g_row(p)] = st_smem[t + 1, j] * dy             # dC product
+                        else:
+                            red_smem[rows + p * n + j] = st_smem[t + 1, j] * dy      # dC row
+                        dhj = dh[j] + dy * c                                          # adjoint of h_t
+                        a = jnp.exp2(dt * A[j]) if cache is None else cache[t, a_row + j]
+                        gj = dhj * st_smem[t, j] * a
+                        ddt = ddt + gj * A[j]                                         # x log2(e), see below
+                        dhb = dhb + dhj * b
+                        if by_xla:
+                            dbc_s[j, g_row(p)] = dhj * dtu                              # dB product
+                        else:
+                            red_smem[p * n + j] = dhj * dtu                           # dB row
+                        dA_new.append(dA[j] + gj * dt)
+                        dh_new.append(dhj * a)
+                    ddt = ddt * LN2 + dhb * uu                                        # A_j's units back
+                    draw = ddt * dsp if plan.softplus else ddt
+                    du = dy * Dv + dhb * dt
+                    if merged:
+                        _accumulate(plan, du_ref.at[g // plan.groups, _merged_row(plan, col_major, g_row(p)),
+                                                     pl.ds(d0, LANES)], du)
+                    else:
+                        du_s[g_row(p)] = du.astype(du_s.dtype)
+                    ddl_s[g_row(p)] = draw.astype(ddl_s.dtype)
+                    return tuple(dh_new), tuple(dA_new), dD + dy * uu, dbias + draw
+
+                carry = jax.lax.fori_loop(0, tl, step, carry, unroll=plan.unroll)
+                if by_xla:
+                    _end_direct_tile(plan)
+                    return carry
+                plgpu.commit_smem()  # the row sums read rows other threads wrote
+                if plan.interpret is None:  # row sums need the WGMMA register layout; the interpreter has no layouts
+                    sums = plgpu.load(red_smem, (), layout=plgpu.Layout.WGMMA, optimized=False).sum(axis=1)
+                else:
+                    sums = red_smem[...].sum(axis=1)
+                if plan.direct_store:
+                    dbc_s[chunk(idx[0])] = sums
+                else:
+                    dbc_s[...] = sums
+                _end_direct_tile(plan)  # also: the next tile's steps overwrite red_smem, which every thread just read
                 return carry
-            plgpu.commit_smem()  # the row sums read rows other threads wrote
-            if plan.interpret is None:  # row sums need the WGMMA register layout; the interpreter has no layouts
-                sums = plgpu.load(red_smem, (), layout=plgpu.Layout.WGMMA, optimized=False).sum(axis=1)
-            else:
-                sums = red_smem[...].sum(axis=1)
-            if plan.direct_store:
-                dbc_s[chunk(idx[0])] = sums
-            else:
-                dbc_s[...] = sums
-            _end_direct_tile(plan)  # also: the next tile's steps overwrite red_smem, which every thread just read
-            return carry
 
-        seq = pl.BlockSpec((tl, LANES), lambda i: (chunk(i), 0))
-        grad_spec = pl.BlockSpec(memory_space=plgpu.GMEM) if plan.direct_store else seq
-        zero = _zeros(plan)
-        dh_init = tuple(zero for _ in range(n)) if dh0 is None else _load_rows(
-            dh0_ref.at[g, c, :, pl.ds(d0, LANES)], *h_scratch, n)
-        init = (dh_init, tuple(zero for _ in range(n)), zero, zero)
-        in_specs = [seq] + ([seq] if has_dl else []) + [
-            proj.spec(tl, chunk), pl.BlockSpec((None, n, LANES), lambda i: (back(i), 0, 0)), seq]
-        in_refs = [u_ref.at[src, :, pl.ds(d0, LANES)]] + ([dl_ref.at[g, :, pl.ds(d0, LANES)]] if has_dl else [])
-        in_refs += [pr_ref.at[g], hs_ref.at[g, :, :, pl.ds(d0, LANES)],
-                    dy_ref.at[src if merged else g, :, pl.ds(d0, LANES)]]
-        out_refs = [] if merged else [du_ref.at[g, :, pl.ds(d0, LANES)]]
-        out_refs += [ddl_ref.at[g, :, pl.ds(d0, LANES)],
-                     dbc_ref.at[g, :, :, pl.ds(d0, LANES)] if by_xla else dbc_ref.at[g, dti]]
-        dh, dA, dD, dbias = plgpu.emit_pipeline(
-            tile, grid=(n_loc,), in_specs=in_specs,
-            out_specs=[grad_spec] * (len(out_refs) - 1) + [
-                pl.BlockSpec(memory_space=plgpu.GMEM) if plan.direct_store
-                else pl.BlockSpec((None, rows_pad), lambda i: (chunk(i), 0))],
-            max_concurrent_steps=MAX_CONCURRENT_STEPS,
-            init_carry=init,
-        )(*in_refs, *out_refs)
+            seq = pl.BlockSpec((tl, LANES), lambda i: (chunk(i), 0))
+            grad_spec = pl.BlockSpec(memory_space=plgpu.GMEM) if plan.direct_store else seq
+            zero = _zeros(plan)
+            dh_init = tuple(zero for _ in range(n)) if dh0 is None else _load_rows(
+                dh0_ref.at[g, c, :, pl.ds(d0, LANES)], *h_scratch, n)
+            init = (dh_init, tuple(zero for _ in range(n)), zero, zero)
+            in_specs = [seq] + ([seq] if has_dl else []) + [
+                proj.spec(tl, chunk), pl.BlockSpec((None, n, LANES), lambda i: (back(i), 0, 0)), seq]
+            in_refs = [u_ref.at[src, :, pl.ds(d0, LANES)]] + ([dl_ref.at[g, :, pl.ds(d0, LANES)]] if has_dl else [])
+            in_refs += [pr_ref.at[g], hs_ref.at[g, :, :, pl.ds(d0, LANES)],
+                        dy_ref.at[src if merged else g, :, pl.ds(d0, LANES)]]
+            out_refs = [] if merged else [du_ref.at[g, :, pl.ds(d0, LANES)]]
+            out_refs += [ddl_ref.at[g, :, pl.ds(d0, LANES)],
+                         dbc_ref.at[g, :, :, pl.ds(d0, LANES)] if by_xla else dbc_ref.at[g, dti]]
+            dh, dA, dD, dbias = plgpu.emit_pipeline(
+                tile, grid=(n_loc,), in_specs=in_specs,
+                out_specs=[grad_spec] * (len(out_refs) - 1) + [
+                    pl.BlockSpec(memory_space=plgpu.GMEM) if plan.direct_store
+                    else pl.BlockSpec((None, rows_pad), lambda i: (chunk(i), 0))],
+                max_concurrent_steps=MAX_CONCURRENT_STEPS,
+                init_carry=init,
+            )(*in_refs, *out_refs)
 
-        # Per-channel parameter grads of this (sequence, channel tile): written once.
-        p_smem[0] = dD
-        p_smem[1] = dbias
-        for j in range(n):
-            p_smem[2 + j] = dA[j]
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(p_smem.at[pl.ds(0, 2 + n)], dp_ref.at[g, c, :, pl.ds(d0, LANES)])
-        plgpu.wait_smem_to_gmem(0)
+            # Per-channel parameter grads of this (sequence, channel tile): written once.
+            p_smem[0] = dD
+            p_smem[1] = dbias
+            for j in range(n):
+                p_smem[2 + j] = dA[j]
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(p_smem.at[pl.ds(0, 2 + n)], dp_ref.at[g, c, :, pl.ds(d0, LANES)])
+            plgpu.wait_smem_to_gmem(0)
+
+        _run_branches(_order_branches(plan, k), run)
 
     operands = [u] + ([dl] if has_dl else []) + [proj_arr, prm, hs, dy] + ([dh0] if dh0 is not None else [])
     grid, grid_names = _grid(plan, G, n_ch, P)
@@ -942,6 +985,11 @@ def resolve_dbc_by_xla(dbc_by_xla: bool | None, direct_store: bool) -> bool:
 def resolve_cache_steps(cache_steps: bool | None) -> bool:
     """None -> the module default (CACHE_STEPS)."""
     return bool(CACHE_STEPS if cache_steps is None else cache_steps)
+
+
+def resolve_static_orders(static_orders: bool | None) -> bool:
+    """None -> the module default (STATIC_ORDERS)."""
+    return bool(STATIC_ORDERS if static_orders is None else static_orders)
 
 
 def resolve_splits(splits: int | None) -> int:

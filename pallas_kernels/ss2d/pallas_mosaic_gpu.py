@@ -68,7 +68,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
               bwd_seq_tile: int | None = None, unroll: int | None = None, direct_store: bool | None = None,
               approx_math: bool | None = None, delta_in_kernel: bool | None = None, splits: int | None = None,
               dbc_by_xla: bool | None = None, merge_in_kernel: bool | None = None, cache_steps: bool | None = None,
-              interpret=None):
+              static_orders: bool | None = None, interpret=None):
     """x (B, H, W, D) compute dtype -> y (B, H, W, D) fp32, the merged scan output before out_norm; differentiable.
 
     Parameters as in `reference.ss2d_core_reference` (fp32; K = len(directions) parameter sets). The keywords after
@@ -93,6 +93,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
                       direct_store=direct_store, approx_math=mgpu.resolve_approx_math(approx_math, n), splits=splits,
                       dbc_by_xla=mgpu.resolve_dbc_by_xla(dbc_by_xla, direct_store),
                       cache_steps=mgpu.resolve_cache_steps(cache_steps),
+                      static_orders=mgpu.resolve_static_orders(static_orders),
                       merge_hw=(h, w) if merge else None, source_col_major=tuple(s == 1 for s in layouts),
                       interpret=interpret)
 
