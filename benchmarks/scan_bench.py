@@ -80,6 +80,9 @@ SPLIT_SWEEP = {(56, 96): (1, 2, 4, 7), (28, 192): (1, 2, 4)}
 # the backward's adjoint loop reads delta and the decays its recompute loop kept in SMEM instead of forming them again;
 # static_orders: each block runs code compiled for its own order's walk direction and source layout.
 KNOB_SWEEP = ("delta_in_kernel", "merge_in_kernel", "cache_steps", "static_orders")
+# Knobs of the fused core alone (the plain scan's plan has one source, no low-rank delta and one walk direction):
+# --sweep plans that name one time only the fused core.
+FUSED_ONLY_KNOBS = {"delta_in_kernel", "merge_in_kernel", "static_orders"}
 
 
 # --profile: (op, plan) pairs, the default plans (approx_math, direct_store) and the exact-math ones.
@@ -311,8 +314,9 @@ def main():
     if args.sweep:
         stage1 = dict(B=128, K=4, C=96, N=1, L=3136, dtype="bf16")
         for kw in json.loads(args.plans) if args.plans else SWEEP:
-            run("sweep", f"pallas_mosaic_gpu{kw}", stage1,
-                lambda: bench_scan("", 128, 4, 96, 1, 3136, "bf16", plan=kw))
+            if not FUSED_ONLY_KNOBS & kw.keys():
+                run("sweep", f"pallas_mosaic_gpu{kw}", stage1,
+                    lambda: bench_scan("", 128, 4, 96, 1, 3136, "bf16", plan=kw))
             run("sweep", f"ss2d_core/fused_mosaic_gpu{kw}", stage1,
                 lambda: bench_ss2d("", 128, 56, 96, 1, "bf16", plan=kw))
         impls, args.skip_model = [], True
