@@ -97,8 +97,9 @@ for s in "$@"; do
                 ${SCAN_IMPL:+--impl "$SCAN_IMPL"} --out_dir "$RES" ;;
     scanprof) # a stage's scan and fused core (SCANPROF_MAP: 56 (default), 28, 14 or 7): wall vs traced device time,
               # split per op (command buffers off)
+              # (SCANPROF_PLANS: a JSON list of fused-core plans to trace instead of PROFILE_VARIANTS)
               stage scanprof "${SCANPROF_S:-200}" python3 benchmarks/scan_bench.py --profile \
-                --profile-map "${SCANPROF_MAP:-56}" --out "$RES/scan_profile${SCANPROF_MAP:+_$SCANPROF_MAP}.json" ;;
+                --profile-map "${SCANPROF_MAP:-56}" ${SCANPROF_PLANS:+--profile-plans "$SCANPROF_PLANS"} --out "$RES/scan_profile${SCANPROF_MAP:+_$SCANPROF_MAP}.json" ;;
     splitsweep) # the plain scan and the fused core with the walk split into blocks (scan_bench's SPLIT_SWEEP), checked
               stage splitsweep "${SPLIT_S:-300}" python3 benchmarks/scan_bench.py --split-sweep --out "$RES/scan_splits.json" ;;
     dump)     # the fused core's kernels' PTX / ptxas / SASS at a stage (DUMP_MAP, default 56) with DUMP_PLAN's knobs, and

@@ -269,6 +269,9 @@ def main():
     p.add_argument("--profile", action="store_true",
                    help="only trace the stage-1 (bf16) plain scan and fused core, default and PROFILE_VARIANTS plans: "
                         "device time per op category")
+    p.add_argument("--profile-plans", default=None,
+                   help="--profile the fused core with these plans instead of PROFILE_VARIANTS: a JSON list of "
+                        "_Plan knob dicts, e.g. '[{}, {\"static_orders\": true}]'")
     p.add_argument("--knob-sweep", default=None, choices=KNOB_SWEEP,
                    help="only time the fused core at VMamba-T's four stages with this on/off knob off and on, each "
                         "checked, beside the plain kernel's composition: delta_in_kernel (delta formed in the kernel "
@@ -307,7 +310,8 @@ def main():
     if args.profile:
         hw, c = args.profile_map, dict(STAGES)[args.profile_map]
         stage = dict(B=128, K=4, C=c, N=1, L=hw * hw, dtype="bf16")
-        for op_name, kw in PROFILE_VARIANTS:
+        for op_name, kw in ([("ss2d_core", kw) for kw in json.loads(args.profile_plans)] if args.profile_plans
+                            else PROFILE_VARIANTS):
             run("profile", f"{op_name}/mosaic_gpu{kw}", stage,
                 lambda: dict(profile=profile_case(op_name, 128, hw, c, "bf16", plan=kw)))
         impls, args.skip_model = [], True

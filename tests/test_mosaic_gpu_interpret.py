@@ -116,8 +116,9 @@ def test_cache_steps_in_interpreter(op, d_state, dtype, delta_in_kernel):
     ids=["N1-fp32", "N2-bf16-merged", "N1-fp32-merged-delta-from-xla"])
 def test_static_orders_in_interpreter(d_state, dtype, merge_in_kernel, delta_in_kernel):
     """Each block running the branch compiled for its own order (`static_orders`: the walk direction and, merged,
-    the source layout as constants), forward and backward, every gradient."""
-    plan = dict(seq_tile=4, bwd_seq_tile=4, static_orders=True, merge_in_kernel=merge_in_kernel,
+    the source layout as constants), forward and backward, every gradient; the backward's loops fully unrolled
+    (`bwd_unroll` = its tile) where the forward's are not."""
+    plan = dict(seq_tile=4, bwd_seq_tile=4, unroll=1, bwd_unroll=4, static_orders=True, merge_in_kernel=merge_in_kernel,
                 delta_in_kernel=delta_in_kernel, interpret=mosaic_gpu_interpreter())
     _check_op("fused", plan, 16, d_state, dtype)
 

@@ -71,6 +71,21 @@ def resolve_unroll(unroll: int | None, d_state: int) -> int:
     if UNROLL is not None:
         return UNROLL
     return 2 if d_state in FAST_PLAN_D_STATES else 1
+
+
+# The backward kernel's own unroll factor (its recompute and adjoint loops): None follows the forward's (`unroll`).
+# The backward runs 2 blocks an SM at stage 1 (SMEM), so it has fewer warps to hide a step's latency with than the
+# forward, and more independent work a step. VMAMBA_MGPU_BWD_UNROLL sets it for every d_state.
+BWD_UNROLL = int(os.environ["VMAMBA_MGPU_BWD_UNROLL"]) if "VMAMBA_MGPU_BWD_UNROLL" in os.environ else None
+
+
+def resolve_bwd_unroll(bwd_unroll: int | None, unroll: int) -> int:
+    """None -> BWD_UNROLL, else the forward's resolved `unroll`."""
+    if bwd_unroll is not None:
+        return int(bwd_unroll)
+    return BWD_UNROLL if BWD_UNROLL is not None else unroll
+
+
 MAX_CONCURRENT_STEPS = 2
 # Each thread reads and writes only its own lane of SMEM, except the dB/dC row sums, which are fenced explicitly
 # with commit_smem(); the pipeline itself commits SMEM before every TMA store and fetch. So Pallas' conservative
@@ -149,6 +164,7 @@ class _Plan:
     tl_bwd: int
     softplus: bool
     unroll: int = 1
+    bwd_unroll: int | None = None     # the backward kernel's (None: unroll's)
     # Every output (the forward's y and boundary states, the backward's du, d(delta) and dB/dC partials) goes from
     # registers straight to GMEM (coalesced: 128 lanes per row) instead of through SMEM tiles and TMA stores: no output
     # buffers, so more blocks fit on an SM (the lowering's SMEM at stage 1: forward 105 KB -> 41 KB, at tile 32
@@ -690,6 +706,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
     rows_pad = ROWS * math.ceil(2 * rows / ROWS)    # dB rows then dC rows, padded to the WGMMA row tile
     ddl_dtype = dl.dtype if has_dl else u.dtype
     by_xla = plan.dbc_by_xla
+    bwd_unroll = plan.unroll if plan.bwd_unroll is None else plan.bwd_unroll
     if by_xla and not plan.direct_store:
         raise ValueError("dbc_by_xla writes its products straight to GMEM: it needs direct_store=True")
 
@@ -757,7 +774,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                         h_new.append(hj)
                     return tuple(h_new)
 
-                jax.lax.fori_loop(0, tl, recompute, tuple(hs_s[j] for j in range(n)), unroll=plan.unroll)
+                jax.lax.fori_loop(0, tl, recompute, tuple(hs_s[j] for j in range(n)), unroll=bwd_unroll)
 
                 def step(i, carry):
                     dh, dA, dD, dbias = carry
@@ -801,7 +818,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                     ddl_s[g_row(p)] = draw.astype(ddl_s.dtype)
                     return tuple(dh_new), tuple(dA_new), dD + dy * uu, dbias + draw
 
-                carry = jax.lax.fori_loop(0, tl, step, carry, unroll=plan.unroll)
+                carry = jax.lax.fori_loop(0, tl, step, carry, unroll=bwd_unroll)
                 if by_xla:
                     _end_direct_tile(plan)
                     return carry
@@ -1002,6 +1019,7 @@ def resolve_splits(splits: int | None) -> int:
 
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, *,
                    seq_tile: int | None = None, bwd_seq_tile: int | None = None, unroll: int | None = None,
+                   bwd_unroll: int | None = None,
                    direct_store: bool | None = None, approx_math: bool | None = None, splits: int | None = None,
                    dbc_by_xla: bool | None = None, cache_steps: bool | None = None, interpret=None):
     """Same contract as `reference.selective_scan_reference`: y fp32 (batch, K*D, L); differentiable.
@@ -1016,6 +1034,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     direct_store = resolve_direct_store(direct_store, interpret, d_state)
     plan = _Plan(groups=groups, source=tuple(range(groups)), reverse=(False,) * groups, rank=0, d_state=d_state,
                  tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=resolve_unroll(unroll, d_state),
+                 bwd_unroll=resolve_bwd_unroll(bwd_unroll, resolve_unroll(unroll, d_state)),
                  direct_store=direct_store, approx_math=resolve_approx_math(approx_math, d_state), splits=splits,
                  dbc_by_xla=resolve_dbc_by_xla(dbc_by_xla, direct_store), cache_steps=resolve_cache_steps(cache_steps),
                  interpret=interpret)

@@ -65,9 +65,10 @@ def resolve_merge_in_kernel(merge_in_kernel: bool | None, direct_store: bool, sp
 
 def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
               directions: tuple[int, ...] = ALL_DIRECTIONS, seq_tile: int | None = None,
-              bwd_seq_tile: int | None = None, unroll: int | None = None, direct_store: bool | None = None,
-              approx_math: bool | None = None, delta_in_kernel: bool | None = None, splits: int | None = None,
-              dbc_by_xla: bool | None = None, merge_in_kernel: bool | None = None, cache_steps: bool | None = None,
+              bwd_seq_tile: int | None = None, unroll: int | None = None, bwd_unroll: int | None = None,
+              direct_store: bool | None = None, approx_math: bool | None = None,
+              delta_in_kernel: bool | None = None, splits: int | None = None, dbc_by_xla: bool | None = None,
+              merge_in_kernel: bool | None = None, cache_steps: bool | None = None,
               static_orders: bool | None = None, interpret=None):
     """x (B, H, W, D) compute dtype -> y (B, H, W, D) fp32, the merged scan output before out_norm; differentiable.
 
@@ -90,6 +91,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     merge = resolve_merge_in_kernel(merge_in_kernel, direct_store, splits)
     plan = mgpu._Plan(groups=k_n, source=plan_src, reverse=tuple(k >= 2 for k in directions), rank=kr, d_state=n,
                       tl_fwd=tl_f, tl_bwd=tl_b, softplus=True, unroll=mgpu.resolve_unroll(unroll, n),
+                      bwd_unroll=mgpu.resolve_bwd_unroll(bwd_unroll, mgpu.resolve_unroll(unroll, n)),
                       direct_store=direct_store, approx_math=mgpu.resolve_approx_math(approx_math, n), splits=splits,
                       dbc_by_xla=mgpu.resolve_dbc_by_xla(dbc_by_xla, direct_store),
                       cache_steps=mgpu.resolve_cache_steps(cache_steps),
