@@ -200,14 +200,14 @@ def bench_ss2d(impl, b, hw, d, n, dtype_name, plan=None):
     return out
 
 
-def profile_case(op_name, b, hw, d, dtype_name, reps=10, **kernel_kwargs):
+def profile_case(op_name, b, hw, d, dtype_name, reps=10, plan=None):
     """Where a stage's time goes: a jax.profiler trace of `reps` calls of the forward and of the forward+backward,
     device milliseconds per call by category (the Mosaic GPU kernels against XLA's fusions and copies) and top ops.
     op_name: "scan" (the plain op, channel-major in and out, K = 4) or "ss2d_core" (the fused core); N = 1."""
     from profile_step import trace_ops
 
     shape = (b, 4, d, 1, hw * hw) if op_name == "scan" else (b, hw, d, 1)
-    op, args = kernel_case(op_name, "", shape, dtype_name, plan=kernel_kwargs)
+    op, args = kernel_case(op_name, "", shape, dtype_name, plan={} if plan is None else plan)
     out = {}
     for part, fn in zip(("fwd", "fwd_bwd"), _fwd_and_grad(op, args)):
         hlo = fn.lower(*args).compile().as_text()
