@@ -73,17 +73,23 @@ def resolve_unroll(unroll: int | None, d_state: int) -> int:
     return 2 if d_state in FAST_PLAN_D_STATES else 1
 
 
-# The backward kernel's own unroll factor (its recompute and adjoint loops): None follows the forward's (`unroll`).
-# The backward runs 2 blocks an SM at stage 1 (SMEM), so it has fewer warps to hide a step's latency with than the
-# forward, and more independent work a step. VMAMBA_MGPU_BWD_UNROLL sets it for every d_state.
+# The backward kernel's own unroll factor (its recompute and adjoint loops). The backward runs 2 blocks an SM at
+# stage 1 (109.5 KB of SMEM each), so it has fewer warps to hide a step's latency with than the forward (4-5 blocks),
+# and a step has more independent work: unrolled 4 it is faster where the forward is not (the unroll sweep of
+# 2026-12-01 found unroll 4 for both 4-6% faster forward+backward but the fused forward 20% slower). 4 on the fast
+# plan's d_states since 2026-12-03 (benchmarks/results/scan_bwd_unroll_h200.md, H200 stage 1 back-to-back: plain scan
+# forward+backward 3.96 -> 3.83 ms, fused core 3.35 -> 3.30 ms; GPU kernel tests 12/12 for both at d_state 1), else
+# the forward's `unroll`. VMAMBA_MGPU_BWD_UNROLL sets it for every d_state.
 BWD_UNROLL = int(os.environ["VMAMBA_MGPU_BWD_UNROLL"]) if "VMAMBA_MGPU_BWD_UNROLL" in os.environ else None
 
 
-def resolve_bwd_unroll(bwd_unroll: int | None, unroll: int) -> int:
-    """None -> BWD_UNROLL, else the forward's resolved `unroll`."""
+def resolve_bwd_unroll(bwd_unroll: int | None, unroll: int, d_state: int) -> int:
+    """None -> BWD_UNROLL, else 4 on FAST_PLAN_D_STATES and the forward's resolved `unroll` elsewhere."""
     if bwd_unroll is not None:
         return int(bwd_unroll)
-    return BWD_UNROLL if BWD_UNROLL is not None else unroll
+    if BWD_UNROLL is not None:
+        return BWD_UNROLL
+    return 4 if d_state in FAST_PLAN_D_STATES else unroll
 
 
 MAX_CONCURRENT_STEPS = 2
@@ -1034,7 +1040,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     direct_store = resolve_direct_store(direct_store, interpret, d_state)
     plan = _Plan(groups=groups, source=tuple(range(groups)), reverse=(False,) * groups, rank=0, d_state=d_state,
                  tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=resolve_unroll(unroll, d_state),
-                 bwd_unroll=resolve_bwd_unroll(bwd_unroll, resolve_unroll(unroll, d_state)),
+                 bwd_unroll=resolve_bwd_unroll(bwd_unroll, resolve_unroll(unroll, d_state), d_state),
                  direct_store=direct_store, approx_math=resolve_approx_math(approx_math, d_state), splits=splits,
                  dbc_by_xla=resolve_dbc_by_xla(dbc_by_xla, direct_store), cache_steps=resolve_cache_steps(cache_steps),
                  interpret=interpret)

@@ -91,7 +91,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     merge = resolve_merge_in_kernel(merge_in_kernel, direct_store, splits)
     plan = mgpu._Plan(groups=k_n, source=plan_src, reverse=tuple(k >= 2 for k in directions), rank=kr, d_state=n,
                       tl_fwd=tl_f, tl_bwd=tl_b, softplus=True, unroll=mgpu.resolve_unroll(unroll, n),
-                      bwd_unroll=mgpu.resolve_bwd_unroll(bwd_unroll, mgpu.resolve_unroll(unroll, n)),
+                      bwd_unroll=mgpu.resolve_bwd_unroll(bwd_unroll, mgpu.resolve_unroll(unroll, n), n),
                       direct_store=direct_store, approx_math=mgpu.resolve_approx_math(approx_math, n), splits=splits,
                       dbc_by_xla=mgpu.resolve_dbc_by_xla(dbc_by_xla, direct_store),
                       cache_steps=mgpu.resolve_cache_steps(cache_steps),
