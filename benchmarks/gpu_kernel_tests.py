@@ -158,7 +158,8 @@ def main():
                mgpu_bwd_unroll=mgpu.BWD_UNROLL,
                mgpu_dbc_by_xla=mgpu.DBC_BY_XLA, mgpu_cache_steps=mgpu.CACHE_STEPS,
                mgpu_static_orders=mgpu.STATIC_ORDERS,
-               mgpu_delta_in_kernel_max_rank=fused.DELTA_IN_KERNEL_MAX_RANK, mgpu_merge_in_kernel=fused.MERGE_IN_KERNEL)
+               mgpu_delta_in_kernel_max_rank=fused.DELTA_IN_KERNEL_MAX_RANK, mgpu_merge_in_kernel=fused.MERGE_IN_KERNEL,
+               mgpu_pixel_outputs=fused.PIXEL_OUTPUTS)
     print(json.dumps(env))
     # VMamba-T's stages, an odd length, and L 16 (CIFAR's 4x4 last stage: tiles shrunk to 8, plan_tiles)
     lengths = [3136, 784, 196, 49, 37, 16]

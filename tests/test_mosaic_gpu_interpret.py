@@ -134,31 +134,34 @@ def test_static_orders_check_can_fail(monkeypatch):
     assert rel_err(y, ss2d_core_reference(x, *params, scan_implementation="xla")) > 1e-2
 
 
+@pytest.mark.parametrize("knob", ["merge_in_kernel", "pixel_outputs"])
 @pytest.mark.parametrize("d_state,dtype,directions", [
     (1, jnp.float32, (0, 1, 2, 3)), (2, jnp.bfloat16, (0, 1, 2, 3)), (1, jnp.float32, (1, 3))],
     ids=["N1-fp32", "N2-bf16", "column-major-only"])
-def test_merge_in_kernel_in_interpreter(d_state, dtype, directions):
-    """The orders' outputs, and in the backward their du, added into one row-major array by the kernel
-    (`merge_in_kernel`): the column-major orders' positions mapped to their pixels on a 5x7 map, padded steps
-    included; with only column-major orders the kernel's one source is the transposed image."""
+def test_merge_in_kernel_in_interpreter(d_state, dtype, directions, knob):
+    """The orders' outputs, and in the backward their du, by row-major pixel: added into one array by the kernel
+    (`merge_in_kernel`) or stored per order at their pixels and summed by XLA (`pixel_outputs`), dy read per source;
+    the column-major orders' positions mapped to their pixels on a 5x7 map, padded steps included; with only
+    column-major orders the kernel's one source is the transposed image."""
     if directions == (0, 1, 2, 3):
-        _check_op("fused", dict(seq_tile=4, bwd_seq_tile=4, merge_in_kernel=True, interpret=mosaic_gpu_interpreter()),
+        _check_op("fused", {"seq_tile": 4, "bwd_seq_tile": 4, knob: True, "interpret": mosaic_gpu_interpreter()},
                   15, d_state, dtype)
         return
     x, *params = make_core_inputs(15, 1, 5, 7, 8, d_state, 2, dtype)
     k = len(directions)
     params = [params[0][:k], params[1][:k], params[2][:k], params[3][:k * 8], params[4][:k * 8]]
     kernel = lambda *a: fused.ss2d_core(*a, directions=directions, seq_tile=4, bwd_seq_tile=4,  # noqa: E731
-                                        merge_in_kernel=True, interpret=mosaic_gpu_interpreter())
+                                        **{knob: True}, interpret=mosaic_gpu_interpreter())
     ref = lambda *a: ss2d_core_reference(*a, scan_implementation="xla", directions=directions)  # noqa: E731
     _check(kernel, ref, (x, *params), dtype, ("x", "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"))
 
 
-def test_merge_in_kernel_check_can_fail(monkeypatch):
-    """The column-major orders added at their source positions instead of their pixels must fail."""
+@pytest.mark.parametrize("knob", ["merge_in_kernel", "pixel_outputs"])
+def test_merge_in_kernel_check_can_fail(monkeypatch, knob):
+    """The column-major orders added (or stored) at their source positions instead of their pixels must fail."""
     x, *params = make_core_inputs(15, 1, 5, 7, 8, 1, 2, jnp.float32)
     monkeypatch.setattr(mgpu, "_merged_row", lambda plan, col_major, q: q)
-    y = fused.ss2d_core(x, *params, seq_tile=4, bwd_seq_tile=4, merge_in_kernel=True,
+    y = fused.ss2d_core(x, *params, seq_tile=4, bwd_seq_tile=4, **{knob: True},
                         interpret=mosaic_gpu_interpreter())
     assert rel_err(y, ss2d_core_reference(x, *params, scan_implementation="xla")) > 1e-2
 

@@ -75,6 +75,8 @@ def test_kernels_lower_for_cuda(d_state, dtype):
     assert _export_for_cuda(jax.grad(lambda *a: static(*a).sum(), tuple(range(6))), *core) == 2
     static_merged = lambda *a: fused.ss2d_core(*a, static_orders=True, merge_in_kernel=True)  # noqa: E731
     assert _export_for_cuda(jax.grad(lambda *a: static_merged(*a).sum(), tuple(range(6))), *core) == 2
+    pixel = lambda *a: fused.ss2d_core(*a, pixel_outputs=True)  # noqa: E731 - per-order outputs at their pixels
+    assert _export_for_cuda(jax.grad(lambda *a: pixel(*a).sum(), tuple(range(6))), *core) == 2
     plain_cached = lambda *a: mgpu.selective_scan(*a, cache_steps=True)  # noqa: E731
     assert _export_for_cuda(jax.grad(lambda *a: plain_cached(*a).sum(), tuple(range(7))), *args) == 2
     # A split walk: the forward adds the split-summary kernel; the gradient has the training forward's pair and the

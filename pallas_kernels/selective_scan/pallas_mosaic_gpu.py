@@ -210,6 +210,11 @@ class _Plan:
     # and du may differ from run to run in the last bit.
     merge_hw: tuple[int, int] | None = None
     source_col_major: tuple[bool, ...] = ()    # per source: the column-major view of the image (merge_hw plans)
+    # With merge_hw, the orders summed by XLA instead of the kernel's atomic adds: the kernel stores each order's y
+    # (and in the backward its du) at the order's row-major pixels, a column-major source's rows mapped as for the
+    # atomic adds, into per-order (batch*K, Lp, Dp) arrays, and XLA sums those over the orders (no transposes). dy is
+    # read per source as in the atomic plans: 2 copies of the merged dy instead of 4, and du needs no transpose back.
+    merge_by_xla: bool = False
     # Each block runs code compiled for its own order: one `pl.when` branch per distinct (walk direction, source
     # layout), those Python constants in it (`_order_branches`), instead of one body with them traced from the block's
     # order. A step's in-tile index is then t or TL-1-t (no multiply-add of a runtime direction flag), its SMEM and
@@ -235,6 +240,11 @@ class _Plan:
     @property
     def merged(self) -> bool:
         return self.merge_hw is not None
+
+    @property
+    def atomic_merge(self) -> bool:
+        """The orders' outputs added by the kernel (`_accumulate`) into one array, not stored per order."""
+        return self.merged and not self.merge_by_xla
 
 
 def _pick(k, values):
@@ -514,9 +524,9 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
     and, if save_states, hs (G, Lp/tl, N, Dp) f32 (state entering each tile, in walk order)."""
     n, tl = plan.d_state, plan.tl_bwd if save_states else plan.tl_fwd
     G, lp, dp, n_seq, n_ch, n_loc, proj, proj_arr = _tiling(plan, u, proj_arr, tl)
-    has_dl, merged = plan.rank == 0, plan.merged
+    has_dl, merged, atomic = plan.rank == 0, plan.merged, plan.atomic_merge
 
-    out_shapes = [] if merged else [jax.ShapeDtypeStruct((G, lp, dp), f32)]
+    out_shapes = [] if atomic else [jax.ShapeDtypeStruct((G, lp, dp), f32)]
     if save_states:
         out_shapes.append(jax.ShapeDtypeStruct((G, n_seq, n, dp), f32))
 
@@ -525,7 +535,7 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
         dl_ref = refs.pop(0) if has_dl else None
         pr_ref, p_ref, *refs = refs
         h0_ref = refs.pop(0) if h0 is not None else None
-        y_acc = refs.pop(0) if merged else None
+        y_acc = refs.pop(0) if atomic else None
         outs, (p_smem, bar, *h_scratch) = refs[:len(out_shapes)], refs[len(out_shapes):]
         g, k, src, _, d0 = _block_coords(plan)
         c = _split_index(plan)
@@ -544,7 +554,7 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
                     dl_s, pr_s, *o_s, h = rest
                 else:
                     dl_s, (pr_s, *o_s, h) = None, rest
-                y_s = None if merged else o_s[0]
+                y_s = None if atomic else o_s[0]
                 if save_states:  # the state entering walk tile idx
                     for j in range(n):
                         if plan.direct_store:
@@ -565,11 +575,11 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
                         hj = jnp.exp2(dt * A[j]) * h[j] + dtu * proj.b(pr_s, j, p)
                         y = y + hj * proj.c(pr_s, j, p)
                         h_new.append(hj)
-                    if merged:
-                        _accumulate(plan, y_acc.at[g // plan.groups, _merged_row(plan, col_major, y_row(p)),
-                                                    pl.ds(d0, LANES)], y)
+                    row = _merged_row(plan, col_major, y_row(p)) if merged else y_row(p)
+                    if atomic:
+                        _accumulate(plan, y_acc.at[g // plan.groups, row, pl.ds(d0, LANES)], y)
                     else:
-                        y_s[y_row(p)] = y
+                        y_s[row] = y
                     return tuple(h_new)
 
                 h = jax.lax.fori_loop(0, tl, step, h, unroll=plan.unroll)
@@ -584,7 +594,7 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
                 out_specs = [pl.BlockSpec(memory_space=plgpu.GMEM)] * len(out_shapes)
             else:
                 out_specs = [seq] + ([pl.BlockSpec((None, n, LANES), lambda i: (walk(i), 0, 0))] if save_states else [])
-            out_refs = [] if merged else [outs[0].at[g, :, pl.ds(d0, LANES)]]
+            out_refs = [] if atomic else [outs[0].at[g, :, pl.ds(d0, LANES)]]
             if save_states:
                 out_refs.append(outs[-1].at[g, :, :, pl.ds(d0, LANES)])
             plgpu.emit_pipeline(
@@ -601,7 +611,7 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
         plan, body, out_shapes, grid, grid_names,
         [plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1)] + (
             [plgpu.SMEM((n, LANES), f32), plgpu.Barrier(num_arrivals=1)] if h0 is not None else []),
-        operands, [jnp.zeros((G // plan.groups, lp, dp), f32)] if merged else ())
+        operands, [jnp.zeros((G // plan.groups, lp, dp), f32)] if atomic else ())
     outs = list(acc) + list(outs)
     return tuple(outs) if save_states else (outs[0], None)
 
@@ -707,7 +717,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
     (G, 2N, Lp) f32 (summed over channel tiles); dprm (G, 2+N, Dp) f32 per sequence [dD, dbias, dA_j]."""
     n, tl, P = plan.d_state, plan.tl_bwd, plan.splits
     G, lp, dp, n_seq, n_ch, n_loc, proj, proj_arr = _tiling(plan, u, proj_arr, tl)
-    has_dl, merged = plan.rank == 0, plan.merged
+    has_dl, merged, atomic = plan.rank == 0, plan.merged, plan.atomic_merge
     rows = tl * n                                   # dB (or dC) rows per tile: p*N + j
     rows_pad = ROWS * math.ceil(2 * rows / ROWS)    # dB rows then dC rows, padded to the WGMMA row tile
     ddl_dtype = dl.dtype if has_dl else u.dtype
@@ -716,7 +726,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
     if by_xla and not plan.direct_store:
         raise ValueError("dbc_by_xla writes its products straight to GMEM: it needs direct_store=True")
 
-    out_shapes = [] if merged else [jax.ShapeDtypeStruct((G, lp, dp), u.dtype)]
+    out_shapes = [] if atomic else [jax.ShapeDtypeStruct((G, lp, dp), u.dtype)]
     out_shapes += [
         jax.ShapeDtypeStruct((G, lp, dp), ddl_dtype),
         # by XLA: per step and channel [dB products | dC products]; else per tile: [dB rows | dC rows | padding]
@@ -729,7 +739,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
         dl_ref = refs.pop(0) if has_dl else None
         pr_ref, p_ref, hs_ref, dy_ref, *refs = refs
         dh0_ref = refs.pop(0) if dh0 is not None else None
-        du_ref = refs.pop(0)  # merge_hw plans: the accumulator (an input ref), else the first output
+        du_ref = refs.pop(0)  # atomic merge: the accumulator (an input ref), else the first output
         ddl_ref, dbc_ref, dp_ref, p_smem, bar, st_smem, *refs = refs
         cache = refs.pop(0) if plan.cache_steps else None  # per walk step t: [dt, dsp (softplus), a_0..a_{N-1}]
         red_smem = None if by_xla else refs.pop(0)
@@ -816,11 +826,11 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                     ddt = ddt * LN2 + dhb * uu                                        # A_j's units back
                     draw = ddt * dsp if plan.softplus else ddt
                     du = dy * Dv + dhb * dt
-                    if merged:
-                        _accumulate(plan, du_ref.at[g // plan.groups, _merged_row(plan, col_major, g_row(p)),
-                                                     pl.ds(d0, LANES)], du)
+                    du_row = _merged_row(plan, col_major, g_row(p)) if merged else g_row(p)
+                    if atomic:
+                        _accumulate(plan, du_ref.at[g // plan.groups, du_row, pl.ds(d0, LANES)], du)
                     else:
-                        du_s[g_row(p)] = du.astype(du_s.dtype)
+                        du_s[du_row] = du.astype(du_s.dtype)
                     ddl_s[g_row(p)] = draw.astype(ddl_s.dtype)
                     return tuple(dh_new), tuple(dA_new), dD + dy * uu, dbias + draw
 
@@ -851,7 +861,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
             in_refs = [u_ref.at[src, :, pl.ds(d0, LANES)]] + ([dl_ref.at[g, :, pl.ds(d0, LANES)]] if has_dl else [])
             in_refs += [pr_ref.at[g], hs_ref.at[g, :, :, pl.ds(d0, LANES)],
                         dy_ref.at[src if merged else g, :, pl.ds(d0, LANES)]]
-            out_refs = [] if merged else [du_ref.at[g, :, pl.ds(d0, LANES)]]
+            out_refs = [] if atomic else [du_ref.at[g, :, pl.ds(d0, LANES)]]
             out_refs += [ddl_ref.at[g, :, pl.ds(d0, LANES)],
                          dbc_ref.at[g, :, :, pl.ds(d0, LANES)] if by_xla else dbc_ref.at[g, dti]]
             dh, dA, dD, dbias = plgpu.emit_pipeline(
@@ -883,7 +893,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
             [plgpu.SMEM((tl, 1 + plan.softplus + n, LANES), f32)] if plan.cache_steps else []) + (
             [] if by_xla else [plgpu.SMEM((rows_pad, LANES), f32)]) + (
             [plgpu.SMEM((n, LANES), f32), plgpu.Barrier(num_arrivals=1)] if dh0 is not None else []),
-        operands, [jnp.zeros((G // plan.groups, lp, dp), f32)] if merged else ())
+        operands, [jnp.zeros((G // plan.groups, lp, dp), f32)] if atomic else ())
     du, ddl, dbc, dprm = list(acc) + list(outs)
     if by_xla:
         return du, ddl, dbc.sum(-1), dprm.sum(1)                                   # (G, 2N, Lp): rows [B_0.., C_0..]
@@ -900,7 +910,16 @@ def scan(plan, u, dl, proj_arr, prm):
     [dts | B | C]; prm (K, 2+N+R, Dp) f32 rows [D, bias, A_0.., W_0..] (W_r: dt_proj's weight column r).
     Returns y (G, Lp, Dp) f32, by position, G = batch*K. Differentiable in u, dl, proj_arr and prm.
     merge_hw plans: u is the (batch, Lp, Dp) row-major image and y (batch, Lp, Dp) the orders' sum by pixel."""
-    return _forward_walk(plan, _kernel_u(plan, u), dl, proj_arr, prm, save_states=False)[0]
+    return _sum_orders(plan, _forward_walk(plan, _kernel_u(plan, u), dl, proj_arr, prm, save_states=False)[0])
+
+
+def _sum_orders(plan, x):
+    """merge_by_xla plans: the kernel's (batch*K, Lp, Dp) per-order outputs, each by row-major pixel, summed over the
+    orders in f32 -> (batch, Lp, Dp) (returned in x's dtype). Other plans: x itself."""
+    if not (plan.merged and plan.merge_by_xla):
+        return x
+    G, lp, dp = x.shape
+    return x.reshape(G // plan.groups, plan.groups, lp, dp).astype(f32).sum(1).astype(x.dtype)
 
 
 def _kernel_u(plan, u):
@@ -930,7 +949,7 @@ def _scan_fwd(plan, u, dl, proj_arr, prm):
     # hs is None when the backward recomputes the boundary states (at its own tile size).
     u = _kernel_u(plan, u)
     y, hs = _forward_walk(plan, u, dl, proj_arr, prm, save_states=saves_states(plan))
-    return y, (u, dl, proj_arr, prm, hs)
+    return _sum_orders(plan, y), (u, dl, proj_arr, prm, hs)
 
 
 def _scan_bwd(plan, res, dy):
@@ -944,8 +963,8 @@ def _scan_bwd(plan, res, dy):
         dy = _sources(plan, dy)
     dh0 = _split_starts(plan, dy, dl, proj_arr, prm, adjoint=True)
     du, ddl, dBC, dprm = _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0)
-    if plan.merged:  # d(image), summed over the orders in the kernel
-        du = du.astype(u.dtype)
+    if plan.merged:  # d(image): summed over the orders in the kernel, or by XLA from each order's du by pixel
+        du = _sum_orders(plan, du).astype(u.dtype)
     elif plan.source != tuple(range(K)):  # orders that share a source: sum their du into it
         du = du.reshape(batch, K, *du.shape[1:]).astype(f32)
         du = jnp.stack([sum(du[:, k] for k in range(K) if plan.source[k] == s) for s in range(S)], axis=1)

@@ -16,7 +16,8 @@ Contract: `reference.ss2d_core_reference`. What differs from that composition is
 The kernel writes each order's output by pixel, in its source's layout; XLA sums the two row-major and the two
 column-major outputs and transposes the latter back (one fused pass). With `merge_in_kernel` the kernel itself adds
 every order's output (and, in the backward, its du) into one row-major f32 array by atomic adds
-(`_Plan.merge_hw`). The backward is the same kernel family
+(`_Plan.merge_hw`); with `pixel_outputs` it stores each order's output (and du) at its row-major pixels and XLA sums
+the orders without transposes, dy read per source (`_Plan.merge_by_xla`). The backward is the same kernel family
 (boundary states saved by the training forward, recompute per tile); it returns d(delta) per position, which XLA
 contracts with the dts and the dt_proj weight.
 """
@@ -49,6 +50,11 @@ DELTA_IN_KERNEL_MAX_RANK = int(os.environ.get("VMAMBA_MGPU_DELTA_IN_KERNEL_MAX_R
 # every stage (scan_merge_in_kernel_h200.md: 56x56 forward 0.80 -> 1.17 ms, forward+backward 3.69 -> 4.24 ms,
 # back-to-back). VMAMBA_MGPU_MERGE_IN_KERNEL=1 turns it on.
 MERGE_IN_KERNEL = os.environ.get("VMAMBA_MGPU_MERGE_IN_KERNEL", "0") == "1"
+# `pixel_outputs`' default where the plan allows it (direct_store, unsplit) and the kernel does not merge: off until
+# timed on the GPU. The kernel stores each order's y and du at its row-major pixels and reads dy per source, so XLA's
+# merge is a plain sum over the orders (no transposes of the column-major orders' outputs) and the backward makes 2
+# copies of dy instead of 4 (`_Plan.merge_by_xla`). VMAMBA_MGPU_PIXEL_OUTPUTS=1 turns it on.
+PIXEL_OUTPUTS = os.environ.get("VMAMBA_MGPU_PIXEL_OUTPUTS", "0") == "1"
 
 
 def resolve_delta_in_kernel(delta_in_kernel: bool | None, rank: int) -> bool:
@@ -63,13 +69,25 @@ def resolve_merge_in_kernel(merge_in_kernel: bool | None, direct_store: bool, sp
     return MERGE_IN_KERNEL and direct_store and splits == 1
 
 
+def resolve_pixel_outputs(pixel_outputs: bool | None, direct_store: bool, splits: int, merge: bool) -> bool:
+    """None -> the module default (PIXEL_OUTPUTS) where the plan allows it (direct_store, one split, no atomic
+    merge); asked for by name where it cannot run, an error."""
+    allowed = direct_store and splits == 1 and not merge
+    if pixel_outputs is None:
+        return PIXEL_OUTPUTS and allowed
+    if pixel_outputs and not allowed:
+        raise ValueError("pixel_outputs stores each order's outputs straight from registers at its pixels: it needs "
+                         "direct_store=True, splits=1 and merge_in_kernel off")
+    return bool(pixel_outputs)
+
+
 def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
               directions: tuple[int, ...] = ALL_DIRECTIONS, seq_tile: int | None = None,
               bwd_seq_tile: int | None = None, unroll: int | None = None, bwd_unroll: int | None = None,
               direct_store: bool | None = None, approx_math: bool | None = None,
               delta_in_kernel: bool | None = None, splits: int | None = None, dbc_by_xla: bool | None = None,
-              merge_in_kernel: bool | None = None, cache_steps: bool | None = None,
-              static_orders: bool | None = None, interpret=None):
+              merge_in_kernel: bool | None = None, pixel_outputs: bool | None = None,
+              cache_steps: bool | None = None, static_orders: bool | None = None, interpret=None):
     """x (B, H, W, D) compute dtype -> y (B, H, W, D) fp32, the merged scan output before out_norm; differentiable.
 
     Parameters as in `reference.ss2d_core_reference` (fp32; K = len(directions) parameter sets). The keywords after
@@ -89,6 +107,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     dp = mgpu.LANES * -(-d // mgpu.LANES)
     direct_store = mgpu.resolve_direct_store(direct_store, interpret, n)
     merge = resolve_merge_in_kernel(merge_in_kernel, direct_store, splits)
+    pixel = resolve_pixel_outputs(pixel_outputs, direct_store, splits, merge)
     plan = mgpu._Plan(groups=k_n, source=plan_src, reverse=tuple(k >= 2 for k in directions), rank=kr, d_state=n,
                       tl_fwd=tl_f, tl_bwd=tl_b, softplus=True, unroll=mgpu.resolve_unroll(unroll, n),
                       bwd_unroll=mgpu.resolve_bwd_unroll(bwd_unroll, mgpu.resolve_unroll(unroll, n), n),
@@ -96,7 +115,8 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
                       dbc_by_xla=mgpu.resolve_dbc_by_xla(dbc_by_xla, direct_store),
                       cache_steps=mgpu.resolve_cache_steps(cache_steps),
                       static_orders=mgpu.resolve_static_orders(static_orders),
-                      merge_hw=(h, w) if merge else None, source_col_major=tuple(s == 1 for s in layouts),
+                      merge_hw=(h, w) if merge or pixel else None, merge_by_xla=pixel,
+                      source_col_major=tuple(s == 1 for s in layouts),
                       interpret=interpret)
 
     # dx sums six partials (four orders' x_proj, two sources' du). Each use takes its own x-dtype copy of an f32 x,
@@ -115,7 +135,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     proj = jnp.stack([jnp.einsum("bld,cd->bcl", view(k % 2), wx[j], precision=precision)
                       for j, k in enumerate(directions)], axis=1)
 
-    if merge:  # the row-major image: the kernel's wrapper builds the sources (`_sources`) and merges into it
+    if merge or pixel:  # the row-major image: the kernel's wrapper builds the sources (`_sources`), merges into it
         u = jnp.pad(view(0), ((0, 0), (0, lp - L), (0, dp - d)))
     else:
         src = jnp.stack([view(s) for s in layouts], axis=1)            # (B, S, L, D)
@@ -134,7 +154,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     prm = jnp.pad(jnp.concatenate(rows, axis=1), ((0, 0), (0, 0), (0, dp - d)))  # (K, 2+N(+R), Dp)
 
     mgpu.check_tma_tiles(plan, proj.dtype.itemsize)
-    if merge:
+    if merge or pixel:
         return mgpu.scan(plan, u, dl, proj, prm)[:, :L, :d].reshape(b, h, w, d)
     y = mgpu.scan(plan, u, dl, proj, prm).reshape(b, k_n, lp, dp)[:, :, :L, :d]
     out = jnp.zeros((b, h, w, d), f32)
