@@ -125,8 +125,10 @@ DBC_BY_XLA = os.environ.get("VMAMBA_MGPU_DBC_BY_XLA", "0") == "1"
 # scan's stage-1 forward+backward 3.93 -> 3.91 ms, the fused core's 3.33 -> 4.19 ms (48 KB more SMEM at its backward
 # tile of 32: fewer resident blocks); benchmarks/results/scan_cache_steps_h200.md. VMAMBA_MGPU_CACHE_STEPS=1 turns it on.
 CACHE_STEPS = os.environ.get("VMAMBA_MGPU_CACHE_STEPS", "0") == "1"
-# `_Plan.static_orders`' default (the fused core's four orders, each block compiled for its own): off until its GPU
-# tests and timings. VMAMBA_MGPU_STATIC_ORDERS=1 turns it on.
+# `_Plan.static_orders`' default (the fused core's four orders, each block compiled for its own): off. Right on the
+# H200 (GPU kernel tests 10/10 of the d_state 1 cases that ran) but no faster at stage 1: forward 0.79 -> 0.81 ms,
+# forward+backward 3.36 -> 3.36 ms back-to-back (benchmarks/results/scan_bwd_unroll_h200.md; the forward kernel is
+# bound by its memory traffic, not by the index arithmetic this removes). VMAMBA_MGPU_STATIC_ORDERS=1 turns it on.
 STATIC_ORDERS = os.environ.get("VMAMBA_MGPU_STATIC_ORDERS", "0") == "1"
 
 

@@ -50,10 +50,13 @@ DELTA_IN_KERNEL_MAX_RANK = int(os.environ.get("VMAMBA_MGPU_DELTA_IN_KERNEL_MAX_R
 # every stage (scan_merge_in_kernel_h200.md: 56x56 forward 0.80 -> 1.17 ms, forward+backward 3.69 -> 4.24 ms,
 # back-to-back). VMAMBA_MGPU_MERGE_IN_KERNEL=1 turns it on.
 MERGE_IN_KERNEL = os.environ.get("VMAMBA_MGPU_MERGE_IN_KERNEL", "0") == "1"
-# `pixel_outputs`' default where the plan allows it (direct_store, unsplit) and the kernel does not merge: off until
-# timed on the GPU. The kernel stores each order's y and du at its row-major pixels and reads dy per source, so XLA's
-# merge is a plain sum over the orders (no transposes of the column-major orders' outputs) and the backward makes 2
-# copies of dy instead of 4 (`_Plan.merge_by_xla`). VMAMBA_MGPU_PIXEL_OUTPUTS=1 turns it on.
+# `pixel_outputs`' default where the plan allows it (direct_store, unsplit) and the kernel does not merge: off. The
+# kernel stores each order's y and du at its row-major pixels and reads dy per source, so XLA's merge is a plain sum
+# over the orders (no transposes of the column-major orders' outputs) and the backward makes 2 copies of dy instead
+# of 4 (`_Plan.merge_by_xla`). Right on the H200 (GPU kernel tests 12/12 at d_state 1) but slower at stage 1: forward
+# 0.78 -> 0.90 ms, forward+backward 3.32 -> 3.49 ms back-to-back, XLA's building of the two sources from the padded
+# image costing more than the transposes it saves (benchmarks/results/scan_pixel_outputs_h200.md).
+# VMAMBA_MGPU_PIXEL_OUTPUTS=1 turns it on.
 PIXEL_OUTPUTS = os.environ.get("VMAMBA_MGPU_PIXEL_OUTPUTS", "0") == "1"
 
 
