@@ -59,6 +59,25 @@ def hlo_categories(hlo_text: str) -> dict[str, str]:
     return out
 
 
+def hlo_of(hlo_text: str, name: str, max_lines: int = 24) -> str:
+    """What op `name` is: its instruction line and, for a fusion, the instructions of the computation it calls (the
+    first `max_lines`), so a profile's top ops can be read without the module (e.g. which transpose a fusion does)."""
+    lines = hlo_text.splitlines()
+    inst = next((line.strip() for line in lines if (m := _INSTR.match(line)) and m.group(1) == name), "")
+    called = re.search(r"calls=%?([\w.\-]+)", inst)
+    if not called:
+        return inst
+    body, inside = [], False
+    for line in lines:
+        if not inside and re.match(rf"^\s*%?{re.escape(called.group(1))}\s", line):
+            inside = True
+        elif inside:
+            if line.strip() == "}":
+                break
+            body.append(line.strip())
+    return "\n".join([inst] + body[:max_lines] + (["..."] if len(body) > max_lines else []))
+
+
 def op_times(trace_dir: str, plane_prefix: str) -> dict[str, float]:
     """{hlo_op: summed nanoseconds} over the events of every plane whose name starts with `plane_prefix`."""
     from jax.profiler import ProfileData

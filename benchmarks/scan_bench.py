@@ -205,7 +205,7 @@ def profile_case(op_name, b, hw, d, dtype_name, reps=10, plan=None):
     """Where a stage's time goes: a jax.profiler trace of `reps` calls of the forward and of the forward+backward,
     device milliseconds per call by category (the Mosaic GPU kernels against XLA's fusions and copies) and top ops.
     op_name: "scan" (the plain op, channel-major in and out, K = 4) or "ss2d_core" (the fused core); N = 1."""
-    from profile_step import trace_ops
+    from profile_step import hlo_of, trace_ops
 
     shape = (b, 4, d, 1, hw * hw) if op_name == "scan" else (b, hw, d, 1)
     op, args = kernel_case(op_name, "", shape, dtype_name, plan={} if plan is None else plan)
@@ -216,7 +216,8 @@ def profile_case(op_name, b, hw, d, dtype_name, reps=10, plan=None):
         t = trace_ops(lambda: fn(*args), reps, hlo)
         out[part] = dict(wall_ms=round(wall, 4), device_ms=round(t["device_ms"], 4),
                          categories={c: round(ms, 4) for c, ms in t["categories"].items()},
-                         top_ops=[dict(op=o, category=c, ms=round(ms, 4)) for ms, o, c in t["per_op"][:10]])
+                         top_ops=[dict(op=o, category=c, ms=round(ms, 4), hlo=hlo_of(hlo, o))
+                                  for ms, o, c in t["per_op"][:10]])
     return out
 
 

@@ -51,7 +51,7 @@ def test_profile_step_names_each_op_and_sums_its_trace_events(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.profile_step import hlo_categories, op_times
+    from benchmarks.profile_step import hlo_categories, hlo_of, op_times
 
     hlo = """
   %custom-call.3 = (f32[4]{0}, u8[0]{0}) custom-call(f32[4]{0} %p), custom_call_target="mosaic_gpu_v2"
@@ -62,6 +62,16 @@ def test_profile_step_names_each_op_and_sums_its_trace_events(tmp_path):
 """
     assert hlo_categories(hlo) == {"custom-call.3": "mosaic_gpu kernel", "cudnn-conv.1": "convolution",
                                    "gemm_fusion.7": "matmul", "loop_add_fusion": "fusion", "copy.2": "copy"}
+    module = hlo + """
+%fused_add (param_0: f32[8]) -> f32[8] {
+  %param_0 = f32[8]{0} parameter(0)
+  ROOT %add.1 = f32[8]{0} add(%param_0, %param_0)
+}
+"""
+    text = hlo_of(module, "loop_add_fusion").splitlines()
+    assert text[0].startswith("%loop_add_fusion = ") and text[1:] == [
+        "%param_0 = f32[8]{0} parameter(0)", "ROOT %add.1 = f32[8]{0} add(%param_0, %param_0)"]
+    assert hlo_of(module, "copy.2").startswith("ROOT %copy.2") and hlo_of(module, "absent") == ""
     f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
     x = jnp.ones((256, 256))
     f(x).block_until_ready()
