@@ -221,7 +221,7 @@ class _Plan:
     # layout), those Python constants in it (`_order_branches`), instead of one body with them traced from the block's
     # order. A step's in-tile index is then t or TL-1-t (no multiply-add of a runtime direction flag), its SMEM and
     # GMEM addresses constant offsets in the unrolled loop, and the merge's row map (merge_hw) is the identity for the
-    # row-major source. Costs code size (up to 4 copies of each walk) and nothing at run time: one branch a block.
+    # row-major source. Costs code size (up to 4 copies of each walk); measured no faster (see STATIC_ORDERS).
     static_orders: bool = False
     # Pallas' Mosaic GPU interpreter parameters (tests on CPU), or None to compile for the GPU.
     interpret: object = None
