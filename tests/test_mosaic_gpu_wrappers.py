@@ -106,6 +106,11 @@ def test_merge_in_kernel_lowers_with_atomic_adds():
     for bad in (dict(direct_store=False), dict(splits=2)):
         with pytest.raises(ValueError, match="needs direct_store=True and splits=1"):
             fused.ss2d_core(*core, merge_in_kernel=True, **bad)
+    # pixel_outputs: the same constraints, and no atomic merge beside it; by default it stays off where it can't run.
+    for bad in (dict(direct_store=False), dict(splits=2), dict(merge_in_kernel=True)):
+        with pytest.raises(ValueError, match="pixel_outputs .* needs direct_store=True, splits=1"):
+            fused.ss2d_core(*core, pixel_outputs=True, **bad)
+    assert not fused.resolve_pixel_outputs(None, False, 1, False)
 
 
 def test_dbc_by_xla_needs_direct_store():
@@ -176,6 +181,9 @@ def test_fast_plan_applies_only_where_the_gpu_checked_it():
     assert not mgpu.resolve_direct_store(None, None, 16) and mgpu.resolve_direct_store(True, None, 16)
     assert not mgpu.resolve_direct_store(False, None, 1)
     assert mgpu.resolve_direct_store(False, "interpreter", 16)  # the interpreter has only the direct path
+    # The backward's own unroll: 4 at d_state 1 (GPU-tested), the forward's elsewhere; asked for, as asked.
+    assert mgpu.resolve_bwd_unroll(None, 2, 1) == (mgpu.BWD_UNROLL or 4) and mgpu.resolve_bwd_unroll(3, 2, 1) == 3
+    assert mgpu.resolve_bwd_unroll(None, 1, 16) == (mgpu.BWD_UNROLL or 1)
 
 
 # ------------------------------------------------------------------------------------------------ emulated kernels
