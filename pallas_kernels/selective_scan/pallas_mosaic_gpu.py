@@ -1059,9 +1059,10 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     tl_f, tl_b, lp = plan_tiles(length, d_state, seq_tile, bwd_seq_tile, splits=splits)  # default tiles: plan_tiles
     dp = LANES * math.ceil(per_group / LANES)
     direct_store = resolve_direct_store(direct_store, interpret, d_state)
+    unroll = resolve_unroll(unroll, d_state)
     plan = _Plan(groups=groups, source=tuple(range(groups)), reverse=(False,) * groups, rank=0, d_state=d_state,
-                 tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=resolve_unroll(unroll, d_state),
-                 bwd_unroll=resolve_bwd_unroll(bwd_unroll, resolve_unroll(unroll, d_state), d_state),
+                 tl_fwd=tl_f, tl_bwd=tl_b, softplus=bool(delta_softplus), unroll=unroll,
+                 bwd_unroll=resolve_bwd_unroll(bwd_unroll, unroll, d_state),
                  direct_store=direct_store, approx_math=resolve_approx_math(approx_math, d_state), splits=splits,
                  dbc_by_xla=resolve_dbc_by_xla(dbc_by_xla, direct_store), cache_steps=resolve_cache_steps(cache_steps),
                  interpret=interpret)

@@ -111,9 +111,10 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     direct_store = mgpu.resolve_direct_store(direct_store, interpret, n)
     merge = resolve_merge_in_kernel(merge_in_kernel, direct_store, splits)
     pixel = resolve_pixel_outputs(pixel_outputs, direct_store, splits, merge)
+    unroll = mgpu.resolve_unroll(unroll, n)
     plan = mgpu._Plan(groups=k_n, source=plan_src, reverse=tuple(k >= 2 for k in directions), rank=kr, d_state=n,
-                      tl_fwd=tl_f, tl_bwd=tl_b, softplus=True, unroll=mgpu.resolve_unroll(unroll, n),
-                      bwd_unroll=mgpu.resolve_bwd_unroll(bwd_unroll, mgpu.resolve_unroll(unroll, n), n),
+                      tl_fwd=tl_f, tl_bwd=tl_b, softplus=True, unroll=unroll,
+                      bwd_unroll=mgpu.resolve_bwd_unroll(bwd_unroll, unroll, n),
                       direct_store=direct_store, approx_math=mgpu.resolve_approx_math(approx_math, n), splits=splits,
                       dbc_by_xla=mgpu.resolve_dbc_by_xla(dbc_by_xla, direct_store),
                       cache_steps=mgpu.resolve_cache_steps(cache_steps),
