@@ -466,6 +466,15 @@ def _block_coords(plan):
     return g, k, src, rev, d0
 
 
+def _ddl_row(plan, g, G):
+    """The backward's d(delta) row for sequence g = b * K + k: g itself when delta is an input (it is dl's
+    cotangent), else order-major, k * batch + b, so that each order's positions are one (batch * Lp, Dp) matrix for
+    `_scan_bwd`'s contractions with the dts and dt_proj's weight (batched GEMMs over K without a transpose)."""
+    if plan.rank == 0:
+        return g
+    return (g % plan.groups) * (G // plan.groups) + g // plan.groups
+
+
 def _grid(plan, G, n_ch, parts):
     """(grid, grid_names): (G, n_ch) blocks, times `parts` splits of the walk when the plan splits it."""
     if plan.splits > 1:
@@ -624,7 +633,8 @@ def _split_summaries(plan, x, dl, proj_arr, prm, *, adjoint):
     """What each split of the walk does to a state: its end state from a zero start and its summed delta.
 
     Forward (x = u (batch*S, Lp, Dp), by source row): splits 0..P-2 in walk order, h_t = exp(dt A) h + dt u B.
-    Adjoint (x = dy (G, Lp, Dp), by sequence): splits 1..P-1 walked backwards, the backward kernel's carry
+    Adjoint (x = dy (batch*S, Lp, Dp), by source row: its orders share it, `_sum_orders`): splits 1..P-1 walked
+    backwards, the backward kernel's carry
     dh <- (dh + dy C) exp(dt A). Returns (G, P-1, 1+N, Dp) f32, rows [sum of dt, state_0 .. state_{N-1}]; a split's
     decay of the state it is entered with is exp(A * sum dt) (the product of its steps' exp(dt A))."""
     n, tl, P = plan.d_state, plan.tl_fwd, plan.splits
@@ -666,7 +676,7 @@ def _split_summaries(plan, x, dl, proj_arr, prm, *, adjoint):
 
         seq = pl.BlockSpec((tl, LANES), lambda i: (chunk(i), 0))
         in_specs = [seq] + ([seq] if has_dl else []) + [proj.spec(tl, chunk)]
-        in_refs = [x_ref.at[g if adjoint else src, :, pl.ds(d0, LANES)]]
+        in_refs = [x_ref.at[src, :, pl.ds(d0, LANES)]]
         in_refs += ([dl_ref.at[g, :, pl.ds(d0, LANES)]] if has_dl else []) + [pr_ref.at[g]]
         zero = _zeros(plan)
         h, total = plgpu.emit_pipeline(
@@ -712,12 +722,14 @@ def _split_starts(plan, x, dl, proj_arr, prm, *, adjoint):
 # ------------------------------------------------------------------------------------------------ backward
 
 def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
-    """dy (G, Lp, Dp) f32, by position (merge_hw plans: (batch*S, Lp, Dp), the merged dy in each source's layout,
-    `_sources`); dh0 (G, splits, N, Dp) f32, the adjoint carry each split's backward walk starts from
-    (`_split_boundaries`), when the plan splits the walk. Returns du, ddl (G, Lp, Dp) per sequence (u's dtype; ddl is
-    d/d(delta before bias); merge_hw plans: du (batch, Lp, Dp) f32, summed over the orders by row-major pixel); dBC
-    (G, 2N, Lp) f32 (summed over channel tiles); dprm (G, 2+N, Dp) f32 per sequence [dD, dbias, dA_j]."""
-    n, tl, P = plan.d_state, plan.tl_bwd, plan.splits
+    """dy (batch*S, Lp, Dp) f32 by source row and position (y's cotangent: the orders of a source share it,
+    `_sum_orders`; merge_hw plans: the merged dy in each source's layout, `_sources`); dh0 (G, splits, N, Dp) f32,
+    the adjoint carry each split's backward walk starts from (`_split_boundaries`), when the plan splits the walk.
+    Returns du, ddl (G, Lp, Dp) per sequence (u's dtype; ddl is d/d(delta before bias), its rows order-major
+    (k * batch + b) when plan.rank > 0, `_ddl_row`; merge_hw plans: du (batch, Lp, Dp) f32, summed over the orders
+    by row-major pixel); dBC (G, 2N, Lp) f32 (summed over channel tiles); dprm (G, 2+N+R, Dp) f32 per sequence
+    [dD, dbias, dA_j, dW_r] (dW: dt_proj's weight, rank > 0)."""
+    n, tl, P, r = plan.d_state, plan.tl_bwd, plan.splits, plan.rank
     G, lp, dp, n_seq, n_ch, n_loc, proj, proj_arr = _tiling(plan, u, proj_arr, tl)
     has_dl, merged, atomic = plan.rank == 0, plan.merged, plan.atomic_merge
     rows = tl * n                                   # dB (or dC) rows per tile: p*N + j
@@ -733,7 +745,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
         jax.ShapeDtypeStruct((G, lp, dp), ddl_dtype),
         # by XLA: per step and channel [dB products | dC products]; else per tile: [dB rows | dC rows | padding]
         jax.ShapeDtypeStruct((G, 2 * n, lp, dp) if by_xla else (G, n_ch, n_seq, rows_pad), f32),
-        jax.ShapeDtypeStruct((G, P, 2 + n, dp), f32),                # per split, summed below
+        jax.ShapeDtypeStruct((G, P, 2 + n + r, dp), f32),            # per split, summed below
     ]
 
     def body(*refs):
@@ -795,7 +807,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                 jax.lax.fori_loop(0, tl, recompute, tuple(hs_s[j] for j in range(n)), unroll=bwd_unroll)
 
                 def step(i, carry):
-                    dh, dA, dD, dbias = carry
+                    dh, dA, dD, dbias, dW = carry
                     t = tl - 1 - i
                     p = _walk(rev, t, tl)
                     if cache is None:
@@ -834,7 +846,10 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                     else:
                         du_s[du_row] = du.astype(du_s.dtype)
                     ddl_s[g_row(p)] = draw.astype(ddl_s.dtype)
-                    return tuple(dh_new), tuple(dA_new), dD + dy * uu, dbias + draw
+                    # dt_proj's weight: dl = sum_r dts_r W_r, so dW_r sums draw * dts_r over the walk (the dts are
+                    # this step's loads for its delta already), in place of an XLA pass over d(delta).
+                    dW = tuple(dW[q] + draw * proj.dts(pr_s, q, p) for q in range(r))
+                    return tuple(dh_new), tuple(dA_new), dD + dy * uu, dbias + draw, dW
 
                 carry = jax.lax.fori_loop(0, tl, step, carry, unroll=bwd_unroll)
                 if by_xla:
@@ -857,16 +872,16 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
             zero = _zeros(plan)
             dh_init = tuple(zero for _ in range(n)) if dh0 is None else _load_rows(
                 dh0_ref.at[g, c, :, pl.ds(d0, LANES)], *h_scratch, n)
-            init = (dh_init, tuple(zero for _ in range(n)), zero, zero)
+            init = (dh_init, tuple(zero for _ in range(n)), zero, zero, tuple(zero for _ in range(r)))
             in_specs = [seq] + ([seq] if has_dl else []) + [
                 proj.spec(tl, chunk), pl.BlockSpec((None, n, LANES), lambda i: (back(i), 0, 0)), seq]
             in_refs = [u_ref.at[src, :, pl.ds(d0, LANES)]] + ([dl_ref.at[g, :, pl.ds(d0, LANES)]] if has_dl else [])
             in_refs += [pr_ref.at[g], hs_ref.at[g, :, :, pl.ds(d0, LANES)],
-                        dy_ref.at[src if merged else g, :, pl.ds(d0, LANES)]]
+                        dy_ref.at[src, :, pl.ds(d0, LANES)]]
             out_refs = [] if atomic else [du_ref.at[g, :, pl.ds(d0, LANES)]]
-            out_refs += [ddl_ref.at[g, :, pl.ds(d0, LANES)],
+            out_refs += [ddl_ref.at[_ddl_row(plan, g, G), :, pl.ds(d0, LANES)],
                          dbc_ref.at[g, :, :, pl.ds(d0, LANES)] if by_xla else dbc_ref.at[g, dti]]
-            dh, dA, dD, dbias = plgpu.emit_pipeline(
+            dh, dA, dD, dbias, dW = plgpu.emit_pipeline(
                 tile, grid=(n_loc,), in_specs=in_specs,
                 out_specs=[grad_spec] * (len(out_refs) - 1) + [
                     pl.BlockSpec(memory_space=plgpu.GMEM) if plan.direct_store
@@ -880,8 +895,10 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
             p_smem[1] = dbias
             for j in range(n):
                 p_smem[2 + j] = dA[j]
+            for q in range(r):
+                p_smem[2 + n + q] = dW[q]
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(p_smem.at[pl.ds(0, 2 + n)], dp_ref.at[g, c, :, pl.ds(d0, LANES)])
+            plgpu.copy_smem_to_gmem(p_smem.at[pl.ds(0, 2 + n + r)], dp_ref.at[g, c, :, pl.ds(d0, LANES)])
             plgpu.wait_smem_to_gmem(0)
 
         _run_branches(_order_branches(plan, k), run)
@@ -910,18 +927,27 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
 def scan(plan, u, dl, proj_arr, prm):
     """The laid-out op. u (batch*S, Lp, Dp); dl (G, Lp, Dp) or None when plan.rank > 0; proj_arr (G, R+2N, Lp) rows
     [dts | B | C]; prm (K, 2+N+R, Dp) f32 rows [D, bias, A_0.., W_0..] (W_r: dt_proj's weight column r).
-    Returns y (G, Lp, Dp) f32, by position, G = batch*K. Differentiable in u, dl, proj_arr and prm.
+    Returns y (batch*S, Lp, Dp) f32 by source row and position, the sum of that source's orders' outputs (G = batch*K
+    sequences; y per sequence where no two orders share a source). Differentiable in u, dl, proj_arr and prm.
     merge_hw plans: u is the (batch, Lp, Dp) row-major image and y (batch, Lp, Dp) the orders' sum by pixel."""
     return _sum_orders(plan, _forward_walk(plan, _kernel_u(plan, u), dl, proj_arr, prm, save_states=False)[0])
 
 
 def _sum_orders(plan, x):
-    """merge_by_xla plans: the kernel's (batch*K, Lp, Dp) per-order outputs, each by row-major pixel, summed over the
-    orders in f32 -> (batch, Lp, Dp) (returned in x's dtype). Other plans: x itself."""
-    if not (plan.merged and plan.merge_by_xla):
+    """The kernel's (batch*K, Lp, Dp) per-order outputs (y, or du), summed in f32 over the orders that share a row of
+    the result (returned in x's dtype). Unmerged plans: per source, each order's output being by position in it ->
+    (batch*S, Lp, Dp), x itself when no two orders share a source. So y's cotangent dy is one copy per source, not
+    per order (the orders of a source read the same dy: 2 copies of it for SS2D's 4 orders). merge_by_xla plans:
+    over all orders, each stored by row-major pixel -> (batch, Lp, Dp). Atomic plans: x itself (already summed)."""
+    if plan.atomic_merge or (not plan.merged and plan.source == tuple(range(plan.groups))):
         return x
     G, lp, dp = x.shape
-    return x.reshape(G // plan.groups, plan.groups, lp, dp).astype(f32).sum(1).astype(x.dtype)
+    K = plan.groups
+    x32 = x.reshape(G // K, K, lp, dp).astype(f32)
+    if plan.merged:
+        return x32.sum(1).astype(x.dtype)
+    rows = [sum(x32[:, k] for k in range(K) if plan.source[k] == s) for s in range(plan.sources)]
+    return jnp.stack(rows, axis=1).reshape(G // K * plan.sources, lp, dp).astype(x.dtype)
 
 
 def _kernel_u(plan, u):
@@ -958,30 +984,40 @@ def _scan_bwd(plan, res, dy):
     u, dl, proj_arr, prm, hs = res
     if hs is None:
         hs = _forward_walk(plan, u, dl, proj_arr, prm, save_states=True)[1]
-    G, K, S, n, r = proj_arr.shape[0], plan.groups, plan.sources, plan.d_state, plan.rank
+    G, K, n, r = proj_arr.shape[0], plan.groups, plan.d_state, plan.rank
     batch = G // K
     dy = dy.astype(f32)
     if plan.merged:  # dy of every order: the merged dy in its source's layout
         dy = _sources(plan, dy)
     dh0 = _split_starts(plan, dy, dl, proj_arr, prm, adjoint=True)
     du, ddl, dBC, dprm = _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0)
-    if plan.merged:  # d(image): summed over the orders in the kernel, or by XLA from each order's du by pixel
-        du = _sum_orders(plan, du).astype(u.dtype)
-    elif plan.source != tuple(range(K)):  # orders that share a source: sum their du into it
-        du = du.reshape(batch, K, *du.shape[1:]).astype(f32)
-        du = jnp.stack([sum(du[:, k] for k in range(K) if plan.source[k] == s) for s in range(S)], axis=1)
-        du = du.reshape(batch * S, *du.shape[2:]).astype(u.dtype)
-    dprm = dprm.reshape(batch, K, *dprm.shape[1:]).sum(0)                         # (K, 2+N, Dp)
+    # d(source) (merge_hw plans: d(image)): the orders that share one summed, in the kernel or here.
+    du = _sum_orders(plan, du).astype(u.dtype)
+    dprm = dprm.reshape(batch, K, *dprm.shape[1:]).sum(0)                         # (K, 2+N+R, Dp)
     if r == 0:
         return du, ddl, dBC.astype(proj_arr.dtype), dprm
-    # Low-rank delta: dl = sum_r dts_r W_r, so d dts_r = <ddl, W_r> over channels and d W_r = sum over positions.
-    ddl32 = ddl.astype(f32).reshape(batch, K, *ddl.shape[1:])                      # (batch, K, Lp, Dp)
-    dts = proj_arr[:, :r].astype(f32).reshape(batch, K, r, -1)                    # (batch, K, R, Lp)
-    W = prm[:, 2 + n:]                                                             # (K, R, Dp)
-    d_dts = jnp.einsum("bkld,krd->bkrl", ddl32, W, precision=jax.lax.Precision.HIGHEST).reshape(G, r, -1)
-    dW = jnp.einsum("bkld,bkrl->krd", ddl32, dts, precision=jax.lax.Precision.HIGHEST)
+    # Low-rank delta: dl = sum_r dts_r W_r, so d dts_r = <ddl, W_r> over channels (dW_r, the sum over positions,
+    # came from the kernel). ddl's rows are order-major (`_ddl_row`): per order one (M, Dp) matrix of its
+    # M = batch * Lp positions, contracted on the tensor cores without a transpose.
+    lp, dp = ddl.shape[1:]
+    d_dts = _contract("kmd,krd->krm", ddl.reshape(K, batch * lp, dp), prm[:, 2 + n:], 1)   # (K, R, M)
+    d_dts = jnp.moveaxis(d_dts.reshape(K, r, batch, lp), 2, 0).reshape(G, r, lp)
     dproj = jnp.concatenate([d_dts, dBC], axis=1).astype(proj_arr.dtype)
-    return du, None, dproj, jnp.concatenate([dprm, dW], axis=1)
+    return du, None, dproj, dprm
+
+
+def _contract(spec, x, w, axis):
+    """einsum(spec, x, w) in f32 for an f32 w and x in its own dtype. f32 x: at full f32 precision. bf16 x (read
+    as it is, not as an f32 copy twice its size): w as two bf16 terms, hi + lo, stacked along `axis` of w and of
+    the result, whose halves are then added: bf16 products are exact in f32, so this is w to ~16 bits (TF32 has 10)
+    on the tensor cores at bf16 bandwidth."""
+    if x.dtype == f32:
+        return jnp.einsum(spec, x, w, precision=jax.lax.Precision.HIGHEST)
+    hi = w.astype(x.dtype)
+    lo = (w - hi.astype(f32)).astype(x.dtype)
+    out = jnp.einsum(spec, x, jnp.concatenate([hi, lo], axis), preferred_element_type=f32)
+    half = w.shape[axis]
+    return jax.lax.slice_in_dim(out, 0, half, axis=axis) + jax.lax.slice_in_dim(out, half, 2 * half, axis=axis)
 
 
 scan.defvjp(_scan_fwd, _scan_bwd)

@@ -13,13 +13,14 @@ Contract: `reference.ss2d_core_reference`. What differs from that composition is
   kernel reads it like the plain scan does;
 * no channel-major transposes: the kernel is channel-minor like the activation itself.
 
-The kernel writes each order's output by pixel, in its source's layout; XLA sums the two row-major and the two
-column-major outputs and transposes the latter back (one fused pass). With `merge_in_kernel` the kernel itself adds
-every order's output (and, in the backward, its du) into one row-major f32 array by atomic adds
-(`_Plan.merge_hw`); with `pixel_outputs` it stores each order's output (and du) at its row-major pixels and XLA sums
-the orders without transposes, dy read per source (`_Plan.merge_by_xla`). The backward is the same kernel family
-(boundary states saved by the training forward, recompute per tile); it returns d(delta) per position, which XLA
-contracts with the dts and the dt_proj weight.
+The kernel writes each order's output by position, in its source's layout; XLA sums the two row-major and the two
+column-major outputs and transposes the latter back (one fused pass). The op returns the per-source sums
+(`mgpu._sum_orders`), so the backward's dy is two copies of the merged dy, one per source, not four. With
+`merge_in_kernel` the kernel itself adds every order's output (and, in the backward, its du) into one row-major f32
+array by atomic adds (`_Plan.merge_hw`); with `pixel_outputs` it stores each order's output (and du) at its
+row-major pixels and XLA sums the orders without transposes (`_Plan.merge_by_xla`). The backward is the same kernel
+family (boundary states saved by the training forward, recompute per tile); it sums dt_proj's weight gradient over
+its walk and returns d(delta) per position, which XLA contracts with dt_proj's weight for d(dts).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
                       source_col_major=tuple(s == 1 for s in layouts),
                       interpret=interpret)
 
-    # dx sums six partials (four orders' x_proj, two sources' du). Each use takes its own x-dtype copy of an f32 x,
+    # dx sums the partials of x_proj and of each source's du. Each use takes its own x-dtype copy of an f32 x,
     # so the backward adds them in f32 and rounds once: added in bf16, XLA's fusion boundaries decided the roundings
     # and 14x14x384 dx went from 5.1e-3 to 1.01e-2 off the fp32 result on an unrelated change of op order
     # (benchmarks/results/gpu_kernel_tests_h200_case8.json). The forward is unchanged (the round trip is exact).
@@ -133,10 +134,13 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
         v = xf.reshape(b, L, d) if s == 0 else jnp.swapaxes(xf, 1, 2).reshape(b, L, d)
         return v.astype(x.dtype)
 
-    # x_proj per order, over its own source (a pixel's projection does not depend on the order): (B, K, R+2N, L).
+    # x_proj of every order in one contraction over the image (a pixel's projection does not depend on the order),
+    # the column-major orders' (small: R+2N rows) results then transposed to their walk: (B, K, R+2N, L). So the
+    # backward's dx has one x_proj partial, not one per order or source.
     precision = jax.lax.Precision.HIGHEST if x.dtype == f32 else None
-    wx = x_proj_weight.astype(x.dtype)
-    proj = jnp.stack([jnp.einsum("bld,cd->bcl", view(k % 2), wx[j], precision=precision)
+    pix = jnp.einsum("bhwd,kcd->bkchw", view(0).reshape(b, h, w, d), x_proj_weight.astype(x.dtype),
+                     precision=precision)
+    proj = jnp.stack([(pix[:, j] if k % 2 == 0 else jnp.swapaxes(pix[:, j], 2, 3)).reshape(b, -1, L)
                       for j, k in enumerate(directions)], axis=1)
 
     if merge or pixel:  # the row-major image: the kernel's wrapper builds the sources (`_sources`), merges into it
@@ -160,8 +164,8 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     mgpu.check_tma_tiles(plan, proj.dtype.itemsize)
     if merge or pixel:
         return mgpu.scan(plan, u, dl, proj, prm)[:, :L, :d].reshape(b, h, w, d)
-    y = mgpu.scan(plan, u, dl, proj, prm).reshape(b, k_n, lp, dp)[:, :, :L, :d]
+    y = mgpu.scan(plan, u, dl, proj, prm).reshape(b, len(layouts), lp, dp)[:, :, :L, :d]  # per source
     out = jnp.zeros((b, h, w, d), f32)
-    for j, k in enumerate(directions):
-        out = out + (y[:, j].reshape(b, h, w, d) if k % 2 == 0 else jnp.swapaxes(y[:, j].reshape(b, w, h, d), 1, 2))
+    for i, s in enumerate(layouts):
+        out = out + (y[:, i].reshape(b, h, w, d) if s == 0 else jnp.swapaxes(y[:, i].reshape(b, w, h, d), 1, 2))
     return out
