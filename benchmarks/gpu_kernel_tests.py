@@ -159,7 +159,8 @@ def main():
                mgpu_dbc_by_xla=mgpu.DBC_BY_XLA, mgpu_cache_steps=mgpu.CACHE_STEPS,
                mgpu_static_orders=mgpu.STATIC_ORDERS,
                mgpu_delta_in_kernel_max_rank=fused.DELTA_IN_KERNEL_MAX_RANK, mgpu_merge_in_kernel=fused.MERGE_IN_KERNEL,
-               mgpu_pixel_outputs=fused.PIXEL_OUTPUTS)
+               mgpu_pixel_outputs=fused.PIXEL_OUTPUTS,
+               mgpu_y_in_compute_dtype_d_states=list(fused.Y_IN_COMPUTE_DTYPE_D_STATES))
     print(json.dumps(env))
     # VMamba-T's stages, an odd length, and L 16 (CIFAR's 4x4 last stage: tiles shrunk to 8, plan_tiles)
     lengths = [3136, 784, 196, 49, 37, 16]

@@ -79,11 +79,13 @@ SPLIT_SWEEP = {(56, 96): (1, 2, 4, 7), (28, 192): (1, 2, 4)}
 # merge_in_kernel: the orders summed by atomic adds in the kernel or by XLA over 4x the merged output; cache_steps:
 # the backward's adjoint loop reads delta and the decays its recompute loop kept in SMEM instead of forming them again;
 # static_orders: each block runs code compiled for its own order's walk direction and source layout; pixel_outputs:
-# each order's y and du stored at its row-major pixels and summed by XLA, dy read per source.
-KNOB_SWEEP = ("delta_in_kernel", "merge_in_kernel", "cache_steps", "static_orders", "pixel_outputs")
+# each order's y and du stored at its row-major pixels and summed by XLA, dy read per source; y_in_compute_dtype:
+# each order's y stored in bf16 (at bf16 compute) instead of f32, summed over the orders in f32.
+KNOB_SWEEP = ("delta_in_kernel", "merge_in_kernel", "cache_steps", "static_orders", "pixel_outputs",
+              "y_in_compute_dtype")
 # Knobs of the fused core alone (the plain scan's plan has one source, no low-rank delta and one walk direction):
 # --sweep plans that name one time only the fused core.
-FUSED_ONLY_KNOBS = {"delta_in_kernel", "merge_in_kernel", "static_orders", "pixel_outputs"}
+FUSED_ONLY_KNOBS = {"delta_in_kernel", "merge_in_kernel", "static_orders", "pixel_outputs", "y_in_compute_dtype"}
 
 
 # --profile: (op, plan) pairs, the default plans (approx_math, direct_store) and the exact-math ones.
@@ -280,7 +282,8 @@ def main():
                         "or by XLA), merge_in_kernel (the orders summed by the kernel's atomic adds or by XLA), "
                         "cache_steps (the backward's per-step delta and decays kept in SMEM or formed again), "
                         "static_orders (one compiled walk per order or one with its direction traced), "
-                        "pixel_outputs (each order's outputs at its pixels, summed by XLA without transposes)")
+                        "pixel_outputs (each order's outputs at its pixels, summed by XLA without transposes), "
+                        "y_in_compute_dtype (each order's y stored in bf16, summed in f32)")
     p.add_argument("--split-sweep", action="store_true",
                    help="only time the plain scan and the fused core at stages 1-2 with the walk split into "
                         "SPLIT_SWEEP's numbers of blocks, each checked")

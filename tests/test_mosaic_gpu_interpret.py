@@ -111,6 +111,25 @@ def test_cache_steps_in_interpreter(op, d_state, dtype, delta_in_kernel):
     _check_op(op, plan | ({} if op == "scan" else dict(delta_in_kernel=delta_in_kernel)), 15, d_state, dtype)
 
 
+@pytest.mark.parametrize("d_state,dtype,pixel_outputs", [(1, jnp.bfloat16, False), (2, jnp.bfloat16, True)],
+                         ids=["N1-bf16", "N2-bf16-pixel-outputs"])
+def test_y_in_compute_dtype_in_interpreter(monkeypatch, d_state, dtype, pixel_outputs):
+    """Each order's y stored in bf16 by the kernel and summed over the orders in f32 (`y_in_compute_dtype`), by
+    position per source or (pixel_outputs) by row-major pixel: y and every gradient within the bf16 tolerance."""
+    stored, forward = [], mgpu._forward
+
+    def spy(plan, *args, **kwargs):  # the dtype the forward kernel stores y in
+        out = forward(plan, *args, **kwargs)
+        stored.append(out[0].dtype)
+        return out
+
+    monkeypatch.setattr(mgpu, "_forward", spy)
+    plan = dict(seq_tile=4, bwd_seq_tile=4, y_in_compute_dtype=True, pixel_outputs=pixel_outputs,
+                direct_store=True, interpret=mosaic_gpu_interpreter())
+    _check_op("fused", plan, 17, d_state, dtype)
+    assert stored and set(stored) == {jnp.dtype(jnp.bfloat16)}, stored
+
+
 @pytest.mark.parametrize("d_state,dtype,merge_in_kernel,delta_in_kernel", [
     (1, jnp.float32, False, True), (2, jnp.bfloat16, True, True), (1, jnp.float32, True, False)],
     ids=["N1-fp32", "N2-bf16-merged", "N1-fp32-merged-delta-from-xla"])

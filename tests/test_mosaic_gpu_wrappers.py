@@ -113,6 +113,13 @@ def test_merge_in_kernel_lowers_with_atomic_adds():
     assert not fused.resolve_pixel_outputs(None, False, 1, False)
 
 
+def test_y_in_compute_dtype_defaults():
+    """On by default only at the d_states its GPU test passed with; never beside the atomic merge (f32 adds)."""
+    assert fused.resolve_y_in_compute_dtype(None, 1, False)
+    assert not fused.resolve_y_in_compute_dtype(None, 16, False)
+    assert fused.resolve_y_in_compute_dtype(True, 16, False) and not fused.resolve_y_in_compute_dtype(True, 1, True)
+
+
 def test_dbc_by_xla_needs_direct_store():
     """The products go straight to GMEM, so a plan with SMEM output tiles is refused when the backward is traced."""
     args = make_inputs(0, batch=2, groups=4, per_group=96, d_state=1, length=64, dtype=jnp.float32)

@@ -223,6 +223,12 @@ class _Plan:
     # GMEM addresses constant offsets in the unrolled loop, and the merge's row map (merge_hw) is the identity for the
     # row-major source. Costs code size (up to 4 copies of each walk); measured no faster (see STATIC_ORDERS).
     static_orders: bool = False
+    # Each order's y stored in u's dtype (bf16 at bf16 compute) instead of f32: the scan is f32 in registers and
+    # rounds once at the store, as the official kernel's output is in the input's dtype. The unmerged forward's
+    # largest traffic is that store and XLA's read of it (each order's y at 128 lanes: 822 MB in f32 at VMamba-T's
+    # stage 1); the orders are then summed in f32. Not for the atomic merge (its adds are f32). The fused core's
+    # default at d_state 1 (`ss2d.pallas_mosaic_gpu.Y_IN_COMPUTE_DTYPE_D_STATES`).
+    y_in_u_dtype: bool = False
     # Pallas' Mosaic GPU interpreter parameters (tests on CPU), or None to compile for the GPU.
     interpret: object = None
 
@@ -531,13 +537,15 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
     """u (batch*S, Lp, Dp); dl (G, Lp, Dp) or None (rank > 0); proj_arr (G, rows, Lp); prm (K, 2+N+R, Dp) f32;
     h0 (G, splits, N, Dp) f32, the state entering each split (`_split_boundaries`), when the plan splits the walk.
 
-    Returns y (G, Lp, Dp) f32 by position (merge_hw plans: (batch, Lp, Dp), the orders summed by row-major pixel)
+    Returns y (G, Lp, Dp) f32 (u's dtype with plan.y_in_u_dtype) by position (merge_hw plans: (batch, Lp, Dp),
+    the orders summed by row-major pixel)
     and, if save_states, hs (G, Lp/tl, N, Dp) f32 (state entering each tile, in walk order)."""
     n, tl = plan.d_state, plan.tl_bwd if save_states else plan.tl_fwd
     G, lp, dp, n_seq, n_ch, n_loc, proj, proj_arr = _tiling(plan, u, proj_arr, tl)
     has_dl, merged, atomic = plan.rank == 0, plan.merged, plan.atomic_merge
 
-    out_shapes = [] if atomic else [jax.ShapeDtypeStruct((G, lp, dp), f32)]
+    y_dtype = u.dtype if plan.y_in_u_dtype else f32
+    out_shapes = [] if atomic else [jax.ShapeDtypeStruct((G, lp, dp), y_dtype)]
     if save_states:
         out_shapes.append(jax.ShapeDtypeStruct((G, n_seq, n, dp), f32))
 
@@ -590,7 +598,7 @@ def _forward(plan, u, dl, proj_arr, prm, *, save_states, h0=None):
                     if atomic:
                         _accumulate(plan, y_acc.at[g // plan.groups, row, pl.ds(d0, LANES)], y)
                     else:
-                        y_s[row] = y
+                        y_s[row] = y.astype(y_s.dtype)
                     return tuple(h_new)
 
                 h = jax.lax.fori_loop(0, tl, step, h, unroll=plan.unroll)
@@ -930,24 +938,25 @@ def scan(plan, u, dl, proj_arr, prm):
     Returns y (batch*S, Lp, Dp) f32 by source row and position, the sum of that source's orders' outputs (G = batch*K
     sequences; y per sequence where no two orders share a source). Differentiable in u, dl, proj_arr and prm.
     merge_hw plans: u is the (batch, Lp, Dp) row-major image and y (batch, Lp, Dp) the orders' sum by pixel."""
-    return _sum_orders(plan, _forward_walk(plan, _kernel_u(plan, u), dl, proj_arr, prm, save_states=False)[0])
+    y = _forward_walk(plan, _kernel_u(plan, u), dl, proj_arr, prm, save_states=False)[0]
+    return _sum_orders(plan, y).astype(f32)
 
 
 def _sum_orders(plan, x):
     """The kernel's (batch*K, Lp, Dp) per-order outputs (y, or du), summed in f32 over the orders that share a row of
-    the result (returned in x's dtype). Unmerged plans: per source, each order's output being by position in it ->
-    (batch*S, Lp, Dp), x itself when no two orders share a source. So y's cotangent dy is one copy per source, not
-    per order (the orders of a source read the same dy: 2 copies of it for SS2D's 4 orders). merge_by_xla plans:
-    over all orders, each stored by row-major pixel -> (batch, Lp, Dp). Atomic plans: x itself (already summed)."""
+    the result. Unmerged plans: per source, each order's output being by position in it -> (batch*S, Lp, Dp) f32,
+    or x itself when no two orders share a source. So y's cotangent dy is one copy per source, not per order (the
+    orders of a source read the same dy: 2 copies of it for SS2D's 4 orders). merge_by_xla plans: over all orders,
+    each stored by row-major pixel -> (batch, Lp, Dp) f32. Atomic plans: x itself (already summed)."""
     if plan.atomic_merge or (not plan.merged and plan.source == tuple(range(plan.groups))):
         return x
     G, lp, dp = x.shape
     K = plan.groups
     x32 = x.reshape(G // K, K, lp, dp).astype(f32)
     if plan.merged:
-        return x32.sum(1).astype(x.dtype)
+        return x32.sum(1)
     rows = [sum(x32[:, k] for k in range(K) if plan.source[k] == s) for s in range(plan.sources)]
-    return jnp.stack(rows, axis=1).reshape(G // K * plan.sources, lp, dp).astype(x.dtype)
+    return jnp.stack(rows, axis=1).reshape(G // K * plan.sources, lp, dp)
 
 
 def _kernel_u(plan, u):
@@ -977,7 +986,7 @@ def _scan_fwd(plan, u, dl, proj_arr, prm):
     # hs is None when the backward recomputes the boundary states (at its own tile size).
     u = _kernel_u(plan, u)
     y, hs = _forward_walk(plan, u, dl, proj_arr, prm, save_states=saves_states(plan))
-    return _sum_orders(plan, y), (u, dl, proj_arr, prm, hs)
+    return _sum_orders(plan, y).astype(f32), (u, dl, proj_arr, prm, hs)
 
 
 def _scan_bwd(plan, res, dy):

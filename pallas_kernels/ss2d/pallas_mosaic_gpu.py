@@ -59,6 +59,14 @@ MERGE_IN_KERNEL = os.environ.get("VMAMBA_MGPU_MERGE_IN_KERNEL", "0") == "1"
 # image costing more than the transposes it saves (benchmarks/results/scan_pixel_outputs_h200.md).
 # VMAMBA_MGPU_PIXEL_OUTPUTS=1 turns it on.
 PIXEL_OUTPUTS = os.environ.get("VMAMBA_MGPU_PIXEL_OUTPUTS", "0") == "1"
+# `y_in_compute_dtype`'s default: on at these d_states, where the GPU kernel tests passed with it (12/12 at d_state 1,
+# benchmarks/results/gpu_kernel_tests_h200_y_bf16.md). Each order's y is stored by the kernel in x's dtype (bf16 at
+# bf16 compute; f32 compute is unchanged) and summed over the orders in f32 (`_Plan.y_in_u_dtype`): stage 1's
+# forward 0.80 -> 0.65 ms, forward+backward 2.53 -> 2.45 ms back-to-back on the H200, y 1.5-1.9e-3 off the bf16
+# reference instead of <= 8e-4 (benchmarks/results/scan_y_bf16_h200.md). VMAMBA_MGPU_Y_IN_COMPUTE_DTYPE_D_STATES
+# overrides the list ("" turns it off).
+Y_IN_COMPUTE_DTYPE_D_STATES = tuple(
+    int(v) for v in os.environ.get("VMAMBA_MGPU_Y_IN_COMPUTE_DTYPE_D_STATES", "1").split(",") if v.strip())
 
 
 def resolve_delta_in_kernel(delta_in_kernel: bool | None, rank: int) -> bool:
@@ -85,13 +93,21 @@ def resolve_pixel_outputs(pixel_outputs: bool | None, direct_store: bool, splits
     return bool(pixel_outputs)
 
 
+def resolve_y_in_compute_dtype(y_in_compute_dtype: bool | None, d_state: int, merge: bool) -> bool:
+    """None -> the module default (on at Y_IN_COMPUTE_DTYPE_D_STATES); never with the atomic merge (it adds y in
+    f32)."""
+    on = d_state in Y_IN_COMPUTE_DTYPE_D_STATES if y_in_compute_dtype is None else bool(y_in_compute_dtype)
+    return on and not merge
+
+
 def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
               directions: tuple[int, ...] = ALL_DIRECTIONS, seq_tile: int | None = None,
               bwd_seq_tile: int | None = None, unroll: int | None = None, bwd_unroll: int | None = None,
               direct_store: bool | None = None, approx_math: bool | None = None,
               delta_in_kernel: bool | None = None, splits: int | None = None, dbc_by_xla: bool | None = None,
               merge_in_kernel: bool | None = None, pixel_outputs: bool | None = None,
-              cache_steps: bool | None = None, static_orders: bool | None = None, interpret=None):
+              cache_steps: bool | None = None, static_orders: bool | None = None,
+              y_in_compute_dtype: bool | None = None, interpret=None):
     """x (B, H, W, D) compute dtype -> y (B, H, W, D) fp32, the merged scan output before out_norm; differentiable.
 
     Parameters as in `reference.ss2d_core_reference` (fp32; K = len(directions) parameter sets). The keywords after
@@ -122,6 +138,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
                       static_orders=mgpu.resolve_static_orders(static_orders),
                       merge_hw=(h, w) if merge or pixel else None, merge_by_xla=pixel,
                       source_col_major=tuple(s == 1 for s in layouts),
+                      y_in_u_dtype=resolve_y_in_compute_dtype(y_in_compute_dtype, n, merge),
                       interpret=interpret)
 
     # dx sums the partials of x_proj and of each source's du. Each use takes its own x-dtype copy of an f32 x,
