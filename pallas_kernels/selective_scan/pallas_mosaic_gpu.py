@@ -642,8 +642,7 @@ def _split_summaries(plan, x, dl, proj_arr, prm, *, adjoint):
 
     Forward (x = u (batch*S, Lp, Dp), by source row): splits 0..P-2 in walk order, h_t = exp(dt A) h + dt u B.
     Adjoint (x = dy (batch*S, Lp, Dp), by source row: its orders share it, `_sum_orders`): splits 1..P-1 walked
-    backwards, the backward kernel's carry
-    dh <- (dh + dy C) exp(dt A). Returns (G, P-1, 1+N, Dp) f32, rows [sum of dt, state_0 .. state_{N-1}]; a split's
+    backwards, the backward kernel's carry dh <- (dh + dy C) exp(dt A). Returns (G, P-1, 1+N, Dp) f32, rows [sum of dt, state_0 .. state_{N-1}]; a split's
     decay of the state it is entered with is exp(A * sum dt) (the product of its steps' exp(dt A))."""
     n, tl, P = plan.d_state, plan.tl_fwd, plan.splits
     G, lp, dp, n_seq, n_ch, n_loc, proj, proj_arr = _tiling(plan, x, proj_arr, tl)
@@ -1009,24 +1008,24 @@ def _scan_bwd(plan, res, dy):
     # came from the kernel). ddl's rows are order-major (`_ddl_row`): per order one (M, Dp) matrix of its
     # M = batch * Lp positions, contracted on the tensor cores without a transpose.
     lp, dp = ddl.shape[1:]
-    d_dts = _contract("kmd,krd->krm", ddl.reshape(K, batch * lp, dp), prm[:, 2 + n:], 1)   # (K, R, M)
+    d_dts = _d_dts(ddl.reshape(K, batch * lp, dp), prm[:, 2 + n:])                    # (K, R, M)
     d_dts = jnp.moveaxis(d_dts.reshape(K, r, batch, lp), 2, 0).reshape(G, r, lp)
     dproj = jnp.concatenate([d_dts, dBC], axis=1).astype(proj_arr.dtype)
     return du, None, dproj, dprm
 
 
-def _contract(spec, x, w, axis):
-    """einsum(spec, x, w) in f32 for an f32 w and x in its own dtype. f32 x: at full f32 precision. bf16 x (read
-    as it is, not as an f32 copy twice its size): w as two bf16 terms, hi + lo, stacked along `axis` of w and of
-    the result, whose halves are then added: bf16 products are exact in f32, so this is w to ~16 bits (TF32 has 10)
-    on the tensor cores at bf16 bandwidth."""
-    if x.dtype == f32:
-        return jnp.einsum(spec, x, w, precision=jax.lax.Precision.HIGHEST)
-    hi = w.astype(x.dtype)
-    lo = (w - hi.astype(f32)).astype(x.dtype)
-    out = jnp.einsum(spec, x, jnp.concatenate([hi, lo], axis), preferred_element_type=f32)
-    half = w.shape[axis]
-    return jax.lax.slice_in_dim(out, 0, half, axis=axis) + jax.lax.slice_in_dim(out, half, 2 * half, axis=axis)
+def _d_dts(ddl, W):
+    """(K, M, Dp) d(delta) in its own dtype, (K, R, Dp) f32 dt_proj weight -> (K, R, M) f32: sum_d ddl W_r. f32 ddl:
+    at full f32 precision. bf16 ddl (read as it is, not as an f32 copy twice its size): W as two bf16 terms, hi + lo,
+    stacked along R, whose results are then added: bf16 products are exact in f32, so this is W to ~16 bits (TF32
+    has 10) on the tensor cores at bf16 bandwidth."""
+    if ddl.dtype == f32:
+        return jnp.einsum("kmd,krd->krm", ddl, W, precision=jax.lax.Precision.HIGHEST)
+    hi = W.astype(ddl.dtype)
+    lo = (W - hi.astype(f32)).astype(ddl.dtype)
+    out = jnp.einsum("kmd,krd->krm", ddl, jnp.concatenate([hi, lo], axis=1), preferred_element_type=f32)
+    r = W.shape[1]
+    return out[:, :r] + out[:, r:]
 
 
 scan.defvjp(_scan_fwd, _scan_bwd)
