@@ -80,9 +80,9 @@ for s in "$@"; do
               wait
               grep -h "cases passed\|FAIL" "$RES"/kernels_*.log | head -40
               summary+=("kernels $((SECONDS - t0))s"); tar czf "$OUT/suite.tgz" -C "$RES" . ;;
-    sweep)    # SWEEP_PLANS: a JSON list of plans to time instead of scan_bench's SWEEP
+    sweep)    # SWEEP_PLANS: a JSON list of plans to time instead of scan_bench's SWEEP; SWEEP_N: at that d_state
               stage sweep "${SWEEP_S:-240}" python3 benchmarks/scan_bench.py --sweep ${SWEEP_PLANS:+--plans "$SWEEP_PLANS"} \
-                --out "$RES/scan_sweep.json" ;;
+                --sweep-d-state "${SWEEP_N:-1}" --out "$RES/scan_sweep.json" ;;
     breakdown) stage breakdown "${BREAKDOWN_S:-300}" python3 benchmarks/train_step_breakdown.py ${SCAN_IMPL:+--impl "$SCAN_IMPL"} \
                 --variants "${BREAKDOWN:-model,shift_conv}" --out "$RES/train_step_breakdown.json" ;;
     parity)   # PARITY_S: 300 s ran the 22 model parity tests but cut the converter test (2026-12-03, H200)
@@ -117,8 +117,10 @@ for s in "$@"; do
                 ${CIFAR_SET:+--set $CIFAR_SET} --out_dir "$RES" ;;
     scan)     # SCAN_IMPLS: a comma list of selective_scan implementations (the SS2D core rows time every core)
               # SCAN_MODEL=1: and VMamba-T's whole-model inference throughput per implementation (SCAN_S ~400)
+              # SCAN_MODEL=only: the whole-model rows alone, for the SS2D cores of SCAN_SS2D (default: every core)
               stage scan "${SCAN_S:-150}" python3 benchmarks/scan_bench.py --impls "${SCAN_IMPLS:-pallas_mosaic_gpu}" \
-                $([ -n "${SCAN_MODEL:-}" ] || echo --skip-model) --out "$RES/scan.json" ;;
+                $([ -n "${SCAN_MODEL:-}" ] || echo --skip-model) $([ "${SCAN_MODEL:-}" != only ] || echo --model-only) \
+                ${SCAN_SS2D:+--ss2d-impls "$SCAN_SS2D"} --out "$RES/scan.json" ;;
     cifar10)  # CIFAR_EPOCHS: skip the probe (~80 s of compiling a step the run compiles again) and train that many
               # (CIFAR_EPOCHS=128: the config's epochs, the measured 8.2-minute run in cifar10_h200.md);
               # CIFAR_SET: config overrides (space-separated key=value) for trying a recipe without editing the config

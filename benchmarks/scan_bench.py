@@ -166,7 +166,16 @@ def _check_variant(key, fwd, grad, reference, args, tol=1e-2):
     """A swept kernel variant against the XLA reference (sum-of-outputs cotangent), by benchmarks/gpu_kernel_tests.py's
     rules: fp32 inputs, the max relative error over y and every gradient below `tol`; bf16 inputs, each output's error
     against the fp32 result (the reference on the upcast inputs) below max(tol, 2 x the bf16 reference's own).
-    max_rel_err is against the reference in the inputs' dtype either way."""
+    max_rel_err is against the reference in the inputs' dtype either way. A check that cannot run (the XLA reference
+    at d_state 16 and batch 128 asks for 40 GiB at once) is reported as check_error, keeping the variant's times."""
+    try:
+        return _compare_to_reference(key, fwd, grad, reference, args, tol)
+    except Exception as e:  # noqa: BLE001 - the times were taken before the check
+        _REFERENCE_OUTPUTS.pop(key, None)
+        return dict(check_error=f"{type(e).__name__}: {str(e)[:200]}")
+
+
+def _compare_to_reference(key, fwd, grad, reference, args, tol):
     if key not in _REFERENCE_OUTPUTS:
         argnums = tuple(range(len(args)))
         ref_fwd, ref_grad = jax.jit(reference), jax.jit(jax.grad(lambda *a: jnp.sum(reference(*a)), argnums))
@@ -185,6 +194,8 @@ def _check_variant(key, fwd, grad, reference, args, tol=1e-2):
 
 
 def _check_cell(r):
+    if "check_error" in r:
+        return f"unchecked ({r['check_error'][:40]})"
     if "checked" not in r:
         return ""
     vs_fp32 = f" (vs fp32 {r['max_rel_err_vs_fp32']:.1e})" if "max_rel_err_vs_fp32" in r else ""
@@ -270,6 +281,8 @@ def main():
     p.add_argument("--plans", default=None,
                    help="--sweep these plans instead of SWEEP: a JSON list of _Plan knob dicts, "
                         "e.g. '[{\"bwd_seq_tile\": 8}]' (unnamed knobs keep their defaults)")
+    p.add_argument("--sweep-d-state", type=int, default=1,
+                   help="--sweep at this d_state (16: the d_state of VMamba v0/v2 and Res-VMamba)")
     p.add_argument("--profile", action="store_true",
                    help="only trace the stage-1 (bf16) plain scan and fused core, default and PROFILE_VARIANTS plans: "
                         "device time per op category")
@@ -291,6 +304,8 @@ def main():
                    help="--profile at this VMamba-T stage (map side; its channels from STAGES): 14 is where the "
                         "fused core's forward+backward lost to the plain kernel's composition "
                         "(results/scan_h200_f813356.md)")
+    p.add_argument("--model-only", action="store_true",
+                   help="only VMamba-T's whole-model inference throughput, per --ss2d-impls core")
     p.add_argument("--ss2d-impls", default="fused_mosaic_gpu,pallas_mosaic_gpu,associative",
                    help="SS2D cores timed at VMamba-T's four stages (those not supported here are skipped)")
     args = p.parse_args()
@@ -322,13 +337,14 @@ def main():
                 lambda: dict(profile=profile_case(op_name, 128, hw, c, "bf16", plan=kw)))
         impls, args.skip_model = [], True
     if args.sweep:
-        stage1 = dict(B=128, K=4, C=96, N=1, L=3136, dtype="bf16")
+        n = args.sweep_d_state
+        stage1 = dict(B=128, K=4, C=96, N=n, L=3136, dtype="bf16")
         for kw in json.loads(args.plans) if args.plans else SWEEP:
             if not FUSED_ONLY_KNOBS & kw.keys():
                 run("sweep", f"pallas_mosaic_gpu{kw}", stage1,
-                    lambda: bench_scan("", 128, 4, 96, 1, 3136, "bf16", plan=kw))
+                    lambda: bench_scan("", 128, 4, 96, n, 3136, "bf16", plan=kw))
             run("sweep", f"ss2d_core/fused_mosaic_gpu{kw}", stage1,
-                lambda: bench_ss2d("", 128, 56, 96, 1, "bf16", plan=kw))
+                lambda: bench_ss2d("", 128, 56, 96, n, "bf16", plan=kw))
         impls, args.skip_model = [], True
     if args.knob_sweep:
         for hw, c in STAGES:
@@ -348,6 +364,8 @@ def main():
                 run("splits", f"ss2d_core/fused_mosaic_gpu{{'splits': {splits}}}", shape,
                     lambda: bench_ss2d("", 128, hw, c, 1, "bf16", plan=dict(splits=splits)))
         impls, args.skip_model = [], True
+    if args.model_only:
+        impls = []
     for impl in impls:
         for (b, k, c, n, length, dt) in SHAPES:
             shape = dict(B=b, K=k, C=c, N=n, L=length, dtype=dt)
@@ -355,7 +373,7 @@ def main():
     from pallas_kernels.ss2d import api as ss2d_api
     only = args.sweep or args.profile or args.knob_sweep or args.split_sweep
     ss2d_impls = [] if only else [i for i in args.ss2d_impls.split(",") if _supported(ss2d_api, i)]
-    for impl in ss2d_impls:
+    for impl in [] if args.model_only else ss2d_impls:
         for hw, c in STAGES:
             if impl == "associative" and hw != 56:
                 continue

@@ -181,3 +181,22 @@ def test_sweep_check_rules_bf16_variants_against_the_fp32_result():
     assert ok["checked"] and ok["rule"] == "vs_fp32" and ok["max_rel_err"] == 0.0
     off = scan_bench._check_variant(("test", 37), lambda *a: fwd(*a) * 1.05, grad, selective_scan_reference, args)
     assert not off["checked"] and off["max_rel_err_vs_fp32"] > 0.04
+
+
+def test_sweep_check_that_cannot_run_keeps_the_times():
+    """A reference that fails (the XLA reference out of GPU memory at d_state 16, batch 128) is reported as
+    check_error, not as a failed variant, and the table says unchecked."""
+    sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import jax.numpy as jnp
+
+    from benchmarks import scan_bench
+
+    def reference(*a):
+        raise MemoryError("out of memory")
+
+    x = jnp.ones((4,))
+    out = scan_bench._check_variant(("test-oom",), lambda a: a, lambda a: (a,), reference, (x,))
+    assert out == {"check_error": "MemoryError: out of memory"}
+    assert scan_bench._check_cell(out).startswith("unchecked")
+    assert ("test-oom",) not in scan_bench._REFERENCE_OUTPUTS

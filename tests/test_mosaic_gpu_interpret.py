@@ -114,20 +114,27 @@ def test_cache_steps_in_interpreter(op, d_state, dtype, delta_in_kernel):
 @pytest.mark.parametrize("d_state,dtype,pixel_outputs", [(1, jnp.bfloat16, False), (2, jnp.bfloat16, True)],
                          ids=["N1-bf16", "N2-bf16-pixel-outputs"])
 def test_y_in_compute_dtype_in_interpreter(monkeypatch, d_state, dtype, pixel_outputs):
-    """Each order's y stored in bf16 by the kernel and summed over the orders in f32 (`y_in_compute_dtype`), by
-    position per source or (pixel_outputs) by row-major pixel: y and every gradient within the bf16 tolerance."""
-    stored, forward = [], mgpu._forward
+    """Each order's y stored in bf16 by the kernel and summed over the orders in f32, and the backward kernel reading
+    its cotangent dy in bf16 (`y_in_compute_dtype`), by position per source or (pixel_outputs) by row-major pixel:
+    y and every gradient within the bf16 tolerance."""
+    stored, read, forward, backward = [], [], mgpu._forward, mgpu._backward
 
-    def spy(plan, *args, **kwargs):  # the dtype the forward kernel stores y in
+    def spy_forward(plan, *args, **kwargs):  # the dtype the forward kernel stores y in
         out = forward(plan, *args, **kwargs)
         stored.append(out[0].dtype)
         return out
 
-    monkeypatch.setattr(mgpu, "_forward", spy)
+    def spy_backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):  # the dtype the backward kernel reads dy in
+        read.append(dy.dtype)
+        return backward(plan, u, dl, proj_arr, prm, hs, dy, dh0)
+
+    monkeypatch.setattr(mgpu, "_forward", spy_forward)
+    monkeypatch.setattr(mgpu, "_backward", spy_backward)
     plan = dict(seq_tile=4, bwd_seq_tile=4, y_in_compute_dtype=True, pixel_outputs=pixel_outputs,
                 direct_store=True, interpret=mosaic_gpu_interpreter())
     _check_op("fused", plan, 17, d_state, dtype)
     assert stored and set(stored) == {jnp.dtype(jnp.bfloat16)}, stored
+    assert read and set(read) == {jnp.dtype(jnp.bfloat16)}, read
 
 
 @pytest.mark.parametrize("d_state,dtype,merge_in_kernel,delta_in_kernel", [

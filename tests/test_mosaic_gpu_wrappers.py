@@ -180,7 +180,8 @@ def test_fast_plan_applies_only_where_the_gpu_checked_it():
     assert mgpu.plan_tiles(16, 1, min_tile=fused_min) == (8, 8, 16)
     assert mgpu.plan_tiles(49, 1, min_tile=fused_min) == (32, 32, 64)
     assert mgpu.plan_tiles(3136, 1, min_tile=fused_min) == (64, 32, 3136)   # long sequences: unchanged
-    assert mgpu.plan_tiles(16, 1) == (64, 32, 128)                          # the plain scan's plan
+    assert mgpu.plan_tiles(16, 1) == (64, 32, 128)                          # no min_tile: the long tiles
+    assert mgpu.plan_tiles(16, 1, bwd_seq_tile=mgpu.PLAIN_BWD_SEQ_TILE) == (64, 16, 128)  # the plain scan's
     assert mgpu.plan_tiles(16, 1, seq_tile=32, bwd_seq_tile=32, min_tile=fused_min) == (32, 32, 64)  # asked for
     assert mgpu.resolve_approx_math(None, 1) == mgpu.APPROX_MATH
     assert not mgpu.resolve_approx_math(None, 16) and mgpu.resolve_approx_math(True, 16)
@@ -238,7 +239,7 @@ def emulated_backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
     _, vjp = jax.vjp(lambda *s: _emulated_y(plan, flip, *s), *seq)
     K, S = plan.groups, plan.sources
     dy = dy[jnp.array([(g // K) * S + plan.source[g % K] for g in range(proj_arr.shape[0])])]  # per source -> per order
-    du, ddl, dbc, dD, dbias, dA = vjp(dy)
+    du, ddl, dbc, dD, dbias, dA = vjp(dy.astype(f32))
     dbc = jnp.swapaxes(flip(jnp.swapaxes(dbc, 1, 2)), 1, 2)
     ddl = flip(ddl)                                                    # (G, Lp, Dp) by position
     dW = jnp.einsum("gld,grl->grd", ddl, proj_arr[:, :plan.rank].astype(f32))     # dt_proj's weight, per sequence

@@ -56,6 +56,11 @@ ROWS = 64              # WGMMA layout row granularity for the dB/dC row sums
 # Per-tile SMEM budget: the sequence tile trades pipeline overhead against SMEM (and so blocks per SM).
 FWD_SEQ_TILE = {1: 64, 16: 32}
 BWD_SEQ_TILE = {1: 32, 16: 4}
+# The plain scan's own backward tile on the fast plan's d_states: 16, not 32. Its backward also streams delta and reads
+# dy in f32, so at tile 32 a block takes ~115 KB of SMEM and one fits an SM (two need 230 of the H200's 227 KB); at
+# 16 it takes ~75 KB and three fit. H200, stage 1 bf16, back-to-back forward+backward 3.84 -> 3.32 ms (the fused
+# core, which reads no delta, is slower at 16: 2.44 -> 2.72 ms; benchmarks/results/scan_dy_bf16_h200.md).
+PLAIN_BWD_SEQ_TILE = 16
 # The time loop's unroll factor: the state update is the only loop-carried dependency, so unrolled steps overlap their
 # loads, softplus and exp (one warpgroup per block leaves the SM little else to hide latency with). 2 on the fast plan's
 # d_states since 2026-12-02 (benchmarks/results/scan_sweep_h200_exp2.md: fused core at stage 1 forward+backward 3.58 ->
@@ -226,8 +231,10 @@ class _Plan:
     # Each order's y stored in u's dtype (bf16 at bf16 compute) instead of f32: the scan is f32 in registers and
     # rounds once at the store, as the official kernel's output is in the input's dtype. The unmerged forward's
     # largest traffic is that store and XLA's read of it (each order's y at 128 lanes: 822 MB in f32 at VMamba-T's
-    # stage 1); the orders are then summed in f32. Not for the atomic merge (its adds are f32). The fused core's
-    # default at d_state 1 (`ss2d.pallas_mosaic_gpu.Y_IN_COMPUTE_DTYPE_D_STATES`).
+    # stage 1); the orders are then summed in f32. Not for the atomic merge (its adds are f32). Its cotangent dy
+    # likewise: the backward's padded dy copies and the kernel's reads of them in u's dtype (the official backward's
+    # dout is in the input's dtype too), and its SMEM tiles half the size. The fused core's default at d_state 1
+    # (`ss2d.pallas_mosaic_gpu.Y_IN_COMPUTE_DTYPE_D_STATES`).
     y_in_u_dtype: bool = False
     # Pallas' Mosaic GPU interpreter parameters (tests on CPU), or None to compile for the GPU.
     interpret: object = None
@@ -729,7 +736,7 @@ def _split_starts(plan, x, dl, proj_arr, prm, *, adjoint):
 # ------------------------------------------------------------------------------------------------ backward
 
 def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
-    """dy (batch*S, Lp, Dp) f32 by source row and position (y's cotangent: the orders of a source share it,
+    """dy (batch*S, Lp, Dp) f32 (u's dtype with plan.y_in_u_dtype) by source row and position (y's cotangent: the orders of a source share it,
     `_sum_orders`; merge_hw plans: the merged dy in each source's layout, `_sources`); dh0 (G, splits, N, Dp) f32,
     the adjoint carry each split's backward walk starts from (`_split_boundaries`), when the plan splits the walk.
     Returns du, ddl (G, Lp, Dp) per sequence (u's dtype; ddl is d/d(delta before bias), its rows order-major
@@ -821,7 +828,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                         dt, dsp, uu = inputs(p)
                     else:
                         dt, dsp, uu = cache[t, 0], cache[t, 1] if plan.softplus else None, u_s[p].astype(f32)
-                    dy = dy_s[p]
+                    dy = dy_s[p].astype(f32)
                     dtu = dt * uu
                     ddt = _zeros(plan)
                     dhb = _zeros(plan)
@@ -994,7 +1001,7 @@ def _scan_bwd(plan, res, dy):
         hs = _forward_walk(plan, u, dl, proj_arr, prm, save_states=True)[1]
     G, K, n, r = proj_arr.shape[0], plan.groups, plan.d_state, plan.rank
     batch = G // K
-    dy = dy.astype(f32)
+    dy = dy.astype(u.dtype if plan.y_in_u_dtype else f32)  # the kernels read dy as f32 whatever its dtype
     if plan.merged:  # dy of every order: the merged dy in its source's layout
         dy = _sources(plan, dy)
     dh0 = _split_starts(plan, dy, dl, proj_arr, prm, adjoint=True)
@@ -1100,6 +1107,8 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     batch, channels, length, groups, d_state = check_inputs(u, delta, A, B, C, D, delta_bias)
     per_group = channels // groups
     splits = resolve_splits(splits)
+    if bwd_seq_tile is None and d_state in FAST_PLAN_D_STATES:
+        bwd_seq_tile = PLAIN_BWD_SEQ_TILE
     tl_f, tl_b, lp = plan_tiles(length, d_state, seq_tile, bwd_seq_tile, splits=splits)  # default tiles: plan_tiles
     dp = LANES * math.ceil(per_group / LANES)
     direct_store = resolve_direct_store(direct_store, interpret, d_state)
