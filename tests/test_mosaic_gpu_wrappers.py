@@ -115,9 +115,9 @@ def test_merge_in_kernel_lowers_with_atomic_adds():
 
 def test_y_in_compute_dtype_defaults():
     """On by default only at the d_states its GPU test passed with; never beside the atomic merge (f32 adds)."""
-    assert fused.resolve_y_in_compute_dtype(None, 1, False)
-    assert not fused.resolve_y_in_compute_dtype(None, 16, False)
-    assert fused.resolve_y_in_compute_dtype(True, 16, False) and not fused.resolve_y_in_compute_dtype(True, 1, True)
+    assert fused.resolve_y_in_compute_dtype(None, 1, False) and fused.resolve_y_in_compute_dtype(None, 16, False)
+    assert not fused.resolve_y_in_compute_dtype(None, 4, False)                 # never run on the GPU with it
+    assert fused.resolve_y_in_compute_dtype(True, 4, False) and not fused.resolve_y_in_compute_dtype(True, 1, True)
 
 
 def test_dbc_by_xla_needs_direct_store():

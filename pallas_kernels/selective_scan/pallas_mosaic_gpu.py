@@ -233,7 +233,7 @@ class _Plan:
     # largest traffic is that store and XLA's read of it (each order's y at 128 lanes: 822 MB in f32 at VMamba-T's
     # stage 1); the orders are then summed in f32. Not for the atomic merge (its adds are f32). Its cotangent dy
     # likewise: the backward's padded dy copies and the kernel's reads of them in u's dtype (the official backward's
-    # dout is in the input's dtype too), and its SMEM tiles half the size. The fused core's default at d_state 1
+    # dout is in the input's dtype too), and its SMEM tiles half the size. The fused core's default at d_state 1 and 16
     # (`ss2d.pallas_mosaic_gpu.Y_IN_COMPUTE_DTYPE_D_STATES`).
     y_in_u_dtype: bool = False
     # Pallas' Mosaic GPU interpreter parameters (tests on CPU), or None to compile for the GPU.

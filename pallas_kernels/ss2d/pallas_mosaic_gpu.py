@@ -59,14 +59,15 @@ MERGE_IN_KERNEL = os.environ.get("VMAMBA_MGPU_MERGE_IN_KERNEL", "0") == "1"
 # image costing more than the transposes it saves (benchmarks/results/scan_pixel_outputs_h200.md).
 # VMAMBA_MGPU_PIXEL_OUTPUTS=1 turns it on.
 PIXEL_OUTPUTS = os.environ.get("VMAMBA_MGPU_PIXEL_OUTPUTS", "0") == "1"
-# `y_in_compute_dtype`'s default: on at these d_states, where the GPU kernel tests passed with it (12/12 at d_state 1,
-# benchmarks/results/gpu_kernel_tests_h200_y_bf16.md). Each order's y is stored by the kernel in x's dtype (bf16 at
-# bf16 compute; f32 compute is unchanged) and summed over the orders in f32 (`_Plan.y_in_u_dtype`): stage 1's
-# forward 0.80 -> 0.65 ms, forward+backward 2.53 -> 2.45 ms back-to-back on the H200, y 1.5-1.9e-3 off the bf16
-# reference instead of <= 8e-4 (benchmarks/results/scan_y_bf16_h200.md). VMAMBA_MGPU_Y_IN_COMPUTE_DTYPE_D_STATES
-# overrides the list ("" turns it off).
+# `y_in_compute_dtype`'s default: on at these d_states, where the GPU kernel tests passed with it (12/12 each at
+# d_state 1 and 16, benchmarks/results/gpu_kernel_tests_h200_dy_bf16.md). Each order's y is stored by the kernel in
+# x's dtype (bf16 at bf16 compute; f32 compute is unchanged) and summed over the orders in f32, and the backward reads
+# its cotangent dy in that dtype too (`_Plan.y_in_u_dtype`). H200, stage 1, back-to-back: d_state 1 forward 0.80 ->
+# 0.65 ms, forward+backward 2.53 -> 2.43 ms (scan_y_bf16_h200.md, scan_dy_bf16_h200.md); d_state 16 forward 2.31 ->
+# 2.04 ms, forward+backward unchanged (18.45 -> 18.41). y 1.4-2.5e-3 off the bf16 reference instead of <= 8e-4.
+# VMAMBA_MGPU_Y_IN_COMPUTE_DTYPE_D_STATES overrides the list ("" turns it off).
 Y_IN_COMPUTE_DTYPE_D_STATES = tuple(
-    int(v) for v in os.environ.get("VMAMBA_MGPU_Y_IN_COMPUTE_DTYPE_D_STATES", "1").split(",") if v.strip())
+    int(v) for v in os.environ.get("VMAMBA_MGPU_Y_IN_COMPUTE_DTYPE_D_STATES", "1,16").split(",") if v.strip())
 
 
 def resolve_delta_in_kernel(delta_in_kernel: bool | None, rank: int) -> bool:
