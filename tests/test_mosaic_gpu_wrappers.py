@@ -182,6 +182,9 @@ def test_fast_plan_applies_only_where_the_gpu_checked_it():
     assert mgpu.plan_tiles(3136, 1, min_tile=fused_min) == (64, 32, 3136)   # long sequences: unchanged
     assert mgpu.plan_tiles(16, 1) == (64, 32, 128)                          # no min_tile: the long tiles
     assert mgpu.plan_tiles(16, 1, bwd_seq_tile=mgpu.PLAIN_BWD_SEQ_TILE) == (64, 16, 128)  # the plain scan's
+    # The plain scan's own backward tile: 16 where the GPU tests ran it (d_state 1), plan_tiles' default elsewhere.
+    assert mgpu.resolve_plain_bwd_seq_tile(None, 1) == (16 if 1 in mgpu.FAST_PLAN_D_STATES else None)
+    assert mgpu.resolve_plain_bwd_seq_tile(None, 16) is None and mgpu.resolve_plain_bwd_seq_tile(8, 1) == 8
     assert mgpu.plan_tiles(16, 1, seq_tile=32, bwd_seq_tile=32, min_tile=fused_min) == (32, 32, 64)  # asked for
     assert mgpu.resolve_approx_math(None, 1) == mgpu.APPROX_MATH
     assert not mgpu.resolve_approx_math(None, 16) and mgpu.resolve_approx_math(True, 16)

@@ -736,9 +736,10 @@ def _split_starts(plan, x, dl, proj_arr, prm, *, adjoint):
 # ------------------------------------------------------------------------------------------------ backward
 
 def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
-    """dy (batch*S, Lp, Dp) f32 (u's dtype with plan.y_in_u_dtype) by source row and position (y's cotangent: the orders of a source share it,
-    `_sum_orders`; merge_hw plans: the merged dy in each source's layout, `_sources`); dh0 (G, splits, N, Dp) f32,
-    the adjoint carry each split's backward walk starts from (`_split_boundaries`), when the plan splits the walk.
+    """dy (batch*S, Lp, Dp) f32 (u's dtype with plan.y_in_u_dtype) by source row and position (y's cotangent: the
+    orders of a source share it, `_sum_orders`; merge_hw plans: the merged dy in each source's layout, `_sources`);
+    dh0 (G, splits, N, Dp) f32, the adjoint carry each split's backward walk starts from (`_split_boundaries`), when
+    the plan splits the walk.
     Returns du, ddl (G, Lp, Dp) per sequence (u's dtype; ddl is d/d(delta before bias), its rows order-major
     (k * batch + b) when plan.rank > 0, `_ddl_row`; merge_hw plans: du (batch, Lp, Dp) f32, summed over the orders
     by row-major pixel); dBC (G, 2N, Lp) f32 (summed over channel tiles); dprm (G, 2+N+R, Dp) f32 per sequence
@@ -1072,6 +1073,14 @@ def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_t
     return tl_f, tl_b, step * splits * max(2, math.ceil(length / (step * splits)))
 
 
+def resolve_plain_bwd_seq_tile(bwd_seq_tile: int | None, d_state: int) -> int | None:
+    """The plain scan's backward tile: None -> PLAIN_BWD_SEQ_TILE on the fast plan's d_states, else None (plan_tiles'
+    default)."""
+    if bwd_seq_tile is None and d_state in FAST_PLAN_D_STATES:
+        return PLAIN_BWD_SEQ_TILE
+    return bwd_seq_tile
+
+
 def resolve_dbc_by_xla(dbc_by_xla: bool | None, direct_store: bool) -> bool:
     """None -> the module default (DBC_BY_XLA) where the plan stores straight to GMEM, else off."""
     return bool(DBC_BY_XLA and direct_store if dbc_by_xla is None else dbc_by_xla)
@@ -1107,8 +1116,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     batch, channels, length, groups, d_state = check_inputs(u, delta, A, B, C, D, delta_bias)
     per_group = channels // groups
     splits = resolve_splits(splits)
-    if bwd_seq_tile is None and d_state in FAST_PLAN_D_STATES:
-        bwd_seq_tile = PLAIN_BWD_SEQ_TILE
+    bwd_seq_tile = resolve_plain_bwd_seq_tile(bwd_seq_tile, d_state)
     tl_f, tl_b, lp = plan_tiles(length, d_state, seq_tile, bwd_seq_tile, splits=splits)  # default tiles: plan_tiles
     dp = LANES * math.ceil(per_group / LANES)
     direct_store = resolve_direct_store(direct_store, interpret, d_state)
