@@ -80,9 +80,10 @@ SPLIT_SWEEP = {(56, 96): (1, 2, 4, 7), (28, 192): (1, 2, 4)}
 # the backward's adjoint loop reads delta and the decays its recompute loop kept in SMEM instead of forming them again;
 # static_orders: each block runs code compiled for its own order's walk direction and source layout; pixel_outputs:
 # each order's y and du stored at its row-major pixels and summed by XLA, dy read per source; y_in_compute_dtype:
-# each order's y stored in bf16 (at bf16 compute) instead of f32, summed over the orders in f32.
+# each order's y stored in bf16 (at bf16 compute) instead of f32, summed over the orders in f32; register_states: the
+# backward's recomputed states of a tile in registers instead of an SMEM tile.
 KNOB_SWEEP = ("delta_in_kernel", "merge_in_kernel", "cache_steps", "static_orders", "pixel_outputs",
-              "y_in_compute_dtype")
+              "y_in_compute_dtype", "register_states")
 # Knobs of the fused core alone (the plain scan's plan has one source, no low-rank delta and one walk direction):
 # --sweep plans that name one time only the fused core.
 FUSED_ONLY_KNOBS = {"delta_in_kernel", "merge_in_kernel", "static_orders", "pixel_outputs", "y_in_compute_dtype"}
@@ -296,7 +297,8 @@ def main():
                         "cache_steps (the backward's per-step delta and decays kept in SMEM or formed again), "
                         "static_orders (one compiled walk per order or one with its direction traced), "
                         "pixel_outputs (each order's outputs at its pixels, summed by XLA without transposes), "
-                        "y_in_compute_dtype (each order's y stored in bf16, summed in f32)")
+                        "y_in_compute_dtype (each order's y stored in bf16, summed in f32), "
+                        "register_states (the backward's recomputed states in registers or in SMEM)")
     p.add_argument("--split-sweep", action="store_true",
                    help="only time the plain scan and the fused core at stages 1-2 with the walk split into "
                         "SPLIT_SWEEP's numbers of blocks, each checked")

@@ -111,6 +111,16 @@ def test_cache_steps_in_interpreter(op, d_state, dtype, delta_in_kernel):
     _check_op(op, plan | ({} if op == "scan" else dict(delta_in_kernel=delta_in_kernel)), 15, d_state, dtype)
 
 
+@pytest.mark.parametrize("op,d_state,dtype,delta_in_kernel", [
+    ("scan", 1, jnp.float32, None), ("fused", 2, jnp.bfloat16, True), ("fused", 1, jnp.float32, False)],
+    ids=["scan-N1-fp32", "fused-N2-bf16", "fused-N1-fp32-delta-from-xla"])
+def test_register_states_in_interpreter(op, d_state, dtype, delta_in_kernel):
+    """The backward's recomputed states of a tile held as values (`register_states`: both loops unrolled whole, no
+    SMEM state tile), in reversed orders too: every gradient."""
+    plan = dict(seq_tile=4, bwd_seq_tile=4, register_states=True, interpret=mosaic_gpu_interpreter())
+    _check_op(op, plan | ({} if op == "scan" else dict(delta_in_kernel=delta_in_kernel)), 16, d_state, dtype)
+
+
 @pytest.mark.parametrize("d_state,dtype,pixel_outputs", [(1, jnp.bfloat16, False), (2, jnp.bfloat16, True)],
                          ids=["N1-bf16", "N2-bf16-pixel-outputs"])
 def test_y_in_compute_dtype_in_interpreter(monkeypatch, d_state, dtype, pixel_outputs):

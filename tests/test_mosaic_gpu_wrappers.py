@@ -71,6 +71,8 @@ def test_kernels_lower_for_cuda(d_state, dtype):
     assert _export_for_cuda(jax.grad(lambda *a: xla_delta(*a).sum(), tuple(range(6))), *core) == 2
     cached = lambda *a: fused.ss2d_core(*a, cache_steps=True)  # noqa: E731 - the backward's per-step SMEM cache
     assert _export_for_cuda(jax.grad(lambda *a: cached(*a).sum(), tuple(range(6))), *core) == 2
+    in_regs = lambda *a: fused.ss2d_core(*a, register_states=True)  # noqa: E731 - the backward's states as values
+    assert _export_for_cuda(jax.grad(lambda *a: in_regs(*a).sum(), tuple(range(6))), *core) == 2
     static = lambda *a: fused.ss2d_core(*a, static_orders=True)  # noqa: E731 - a compiled walk per order
     assert _export_for_cuda(jax.grad(lambda *a: static(*a).sum(), tuple(range(6))), *core) == 2
     static_merged = lambda *a: fused.ss2d_core(*a, static_orders=True, merge_in_kernel=True)  # noqa: E731

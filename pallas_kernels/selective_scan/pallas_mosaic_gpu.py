@@ -135,6 +135,8 @@ CACHE_STEPS = os.environ.get("VMAMBA_MGPU_CACHE_STEPS", "0") == "1"
 # forward+backward 3.36 -> 3.36 ms back-to-back (benchmarks/results/scan_bwd_unroll_h200.md; the forward kernel is
 # bound by its memory traffic, not by the index arithmetic this removes). VMAMBA_MGPU_STATIC_ORDERS=1 turns it on.
 STATIC_ORDERS = os.environ.get("VMAMBA_MGPU_STATIC_ORDERS", "0") == "1"
+# `_Plan.register_states`' default: off until timed on a GPU. VMAMBA_MGPU_REGISTER_STATES=1 turns it on.
+REGISTER_STATES = os.environ.get("VMAMBA_MGPU_REGISTER_STATES", "0") == "1"
 
 
 def resolve_approx_math(approx_math: bool | None, d_state: int) -> bool:
@@ -236,6 +238,11 @@ class _Plan:
     # dout is in the input's dtype too), and its SMEM tiles half the size. The fused core's default at d_state 1 and 16
     # (`ss2d.pallas_mosaic_gpu.Y_IN_COMPUTE_DTYPE_D_STATES`).
     y_in_u_dtype: bool = False
+    # The backward's recomputed states of a tile kept in registers instead of an SMEM tile ((tl_bwd + 1, N, 128) f32:
+    # 16.5 KB of the fused core's 88.6 KB at stage 1, bwd tile 32): the recompute and adjoint loops are unrolled whole
+    # in Python, so each state is a named value the adjoint step reads back, (tl_bwd + 1) N registers a thread. Fewer
+    # SMEM bytes a block (3 blocks an SM fit in place of 2) and no SMEM store and two loads a step and state.
+    register_states: bool = False
     # Pallas' Mosaic GPU interpreter parameters (tests on CPU), or None to compile for the GPU.
     interpret: object = None
 
@@ -750,7 +757,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
     rows = tl * n                                   # dB (or dC) rows per tile: p*N + j
     rows_pad = ROWS * math.ceil(2 * rows / ROWS)    # dB rows then dC rows, padded to the WGMMA row tile
     ddl_dtype = dl.dtype if has_dl else u.dtype
-    by_xla = plan.dbc_by_xla
+    by_xla, regs = plan.dbc_by_xla, plan.register_states
     bwd_unroll = plan.unroll if plan.bwd_unroll is None else plan.bwd_unroll
     if by_xla and not plan.direct_store:
         raise ValueError("dbc_by_xla writes its products straight to GMEM: it needs direct_store=True")
@@ -769,7 +776,8 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
         pr_ref, p_ref, hs_ref, dy_ref, *refs = refs
         dh0_ref = refs.pop(0) if dh0 is not None else None
         du_ref = refs.pop(0)  # atomic merge: the accumulator (an input ref), else the first output
-        ddl_ref, dbc_ref, dp_ref, p_smem, bar, st_smem, *refs = refs
+        ddl_ref, dbc_ref, dp_ref, p_smem, bar, *refs = refs
+        st_smem = None if regs else refs.pop(0)
         cache = refs.pop(0) if plan.cache_steps else None  # per walk step t: [dt, dsp (softplus), a_0..a_{N-1}]
         red_smem = None if by_xla else refs.pop(0)
         h_scratch = refs
@@ -798,10 +806,7 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                     dt, dsp = _softplus(_delta_raw(plan, proj, dl_s, pr_s, W, p) + bias, plan.softplus)
                     return dt, dsp, u_s[p].astype(f32)
 
-                for j in range(n):
-                    st_smem[0, j] = hs_s[j]
-
-                def recompute(t, h):  # st_smem[t + 1] = state after walk step t of the tile
+                def recompute(t, h):  # the state after walk step t of the tile (st_smem[t + 1])
                     p = _walk(rev, t, tl)
                     dt, dsp, uu = inputs(p)
                     if cache is not None:
@@ -815,11 +820,22 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                         if cache is not None:
                             cache[t, a_row + j] = a
                         hj = a * h[j] + dtu * proj.b(pr_s, j, p)
-                        st_smem[t + 1, j] = hj
+                        if not regs:
+                            st_smem[t + 1, j] = hj
                         h_new.append(hj)
                     return tuple(h_new)
 
-                jax.lax.fori_loop(0, tl, recompute, tuple(hs_s[j] for j in range(n)), unroll=bwd_unroll)
+                h_in = tuple(hs_s[j] for j in range(n))
+                if regs:  # the tile's states as Python values: both loops unrolled whole, `state` a static index
+                    hist = [h_in]
+                    for t in range(tl):
+                        hist.append(recompute(t, hist[-1]))
+                    state = lambda t, j: hist[t][j]  # noqa: E731 - the state entering walk step t
+                else:
+                    for j in range(n):
+                        st_smem[0, j] = hs_s[j]
+                    jax.lax.fori_loop(0, tl, recompute, h_in, unroll=bwd_unroll)
+                    state = lambda t, j: st_smem[t, j]  # noqa: E731
 
                 def step(i, carry):
                     dh, dA, dD, dbias, dW = carry
@@ -838,12 +854,12 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                         b = proj.b(pr_s, j, p)
                         c = proj.c(pr_s, j, p)
                         if by_xla:
-                            dbc_s[n + j, g_row(p)] = st_smem[t + 1, j] * dy             # dC product
+                            dbc_s[n + j, g_row(p)] = state(t + 1, j) * dy               # dC product
                         else:
-                            red_smem[rows + p * n + j] = st_smem[t + 1, j] * dy      # dC row
+                            red_smem[rows + p * n + j] = state(t + 1, j) * dy        # dC row
                         dhj = dh[j] + dy * c                                          # adjoint of h_t
                         a = jnp.exp2(dt * A[j]) if cache is None else cache[t, a_row + j]
-                        gj = dhj * st_smem[t, j] * a
+                        gj = dhj * state(t, j) * a
                         ddt = ddt + gj * A[j]                                         # x log2(e), see below
                         dhb = dhb + dhj * b
                         if by_xla:
@@ -866,7 +882,11 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
                     dW = tuple(dW[q] + draw * proj.dts(pr_s, q, p) for q in range(r))
                     return tuple(dh_new), tuple(dA_new), dD + dy * uu, dbias + draw, dW
 
-                carry = jax.lax.fori_loop(0, tl, step, carry, unroll=bwd_unroll)
+                if regs:
+                    for i in range(tl):
+                        carry = step(i, carry)
+                else:
+                    carry = jax.lax.fori_loop(0, tl, step, carry, unroll=bwd_unroll)
                 if by_xla:
                     _end_direct_tile(plan)
                     return carry
@@ -922,8 +942,8 @@ def _backward(plan, u, dl, proj_arr, prm, hs, dy, dh0=None):
     grid, grid_names = _grid(plan, G, n_ch, P)
     outs, acc = _launch(
         plan, body, out_shapes, grid, grid_names,
-        [plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1),
-         plgpu.SMEM((tl + 1, n, LANES), f32)] + (
+        [plgpu.SMEM((prm.shape[1], LANES), f32), plgpu.Barrier(num_arrivals=1)] + (
+            [] if regs else [plgpu.SMEM((tl + 1, n, LANES), f32)]) + (
             [plgpu.SMEM((tl, 1 + plan.softplus + n, LANES), f32)] if plan.cache_steps else []) + (
             [] if by_xla else [plgpu.SMEM((rows_pad, LANES), f32)]) + (
             [plgpu.SMEM((n, LANES), f32), plgpu.Barrier(num_arrivals=1)] if dh0 is not None else []),
@@ -1091,6 +1111,11 @@ def resolve_cache_steps(cache_steps: bool | None) -> bool:
     return bool(CACHE_STEPS if cache_steps is None else cache_steps)
 
 
+def resolve_register_states(register_states: bool | None) -> bool:
+    """None -> the module default (REGISTER_STATES)."""
+    return bool(REGISTER_STATES if register_states is None else register_states)
+
+
 def resolve_static_orders(static_orders: bool | None) -> bool:
     """None -> the module default (STATIC_ORDERS)."""
     return bool(STATIC_ORDERS if static_orders is None else static_orders)
@@ -1108,7 +1133,8 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
                    seq_tile: int | None = None, bwd_seq_tile: int | None = None, unroll: int | None = None,
                    bwd_unroll: int | None = None,
                    direct_store: bool | None = None, approx_math: bool | None = None, splits: int | None = None,
-                   dbc_by_xla: bool | None = None, cache_steps: bool | None = None, interpret=None):
+                   dbc_by_xla: bool | None = None, cache_steps: bool | None = None,
+                   register_states: bool | None = None, interpret=None):
     """Same contract as `reference.selective_scan_reference`: y fp32 (batch, K*D, L); differentiable.
 
     The keywords are the kernel's tuning knobs (`_Plan`; None: the module defaults) and Pallas' Mosaic GPU
@@ -1126,7 +1152,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
                  bwd_unroll=resolve_bwd_unroll(bwd_unroll, unroll, d_state),
                  direct_store=direct_store, approx_math=resolve_approx_math(approx_math, d_state), splits=splits,
                  dbc_by_xla=resolve_dbc_by_xla(dbc_by_xla, direct_store), cache_steps=resolve_cache_steps(cache_steps),
-                 interpret=interpret)
+                 register_states=resolve_register_states(register_states), interpret=interpret)
     check_tma_tiles(plan, jnp.dtype(PROJ_DTYPE).itemsize)
 
     def seq(x):  # (batch, K*D, L) -> (batch*K, Lp, Dp), channel-minor, zero padded

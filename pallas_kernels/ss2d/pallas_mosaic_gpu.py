@@ -108,7 +108,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
               delta_in_kernel: bool | None = None, splits: int | None = None, dbc_by_xla: bool | None = None,
               merge_in_kernel: bool | None = None, pixel_outputs: bool | None = None,
               cache_steps: bool | None = None, static_orders: bool | None = None,
-              y_in_compute_dtype: bool | None = None, interpret=None):
+              y_in_compute_dtype: bool | None = None, register_states: bool | None = None, interpret=None):
     """x (B, H, W, D) compute dtype -> y (B, H, W, D) fp32, the merged scan output before out_norm; differentiable.
 
     Parameters as in `reference.ss2d_core_reference` (fp32; K = len(directions) parameter sets). The keywords after
@@ -137,6 +137,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
                       dbc_by_xla=mgpu.resolve_dbc_by_xla(dbc_by_xla, direct_store),
                       cache_steps=mgpu.resolve_cache_steps(cache_steps),
                       static_orders=mgpu.resolve_static_orders(static_orders),
+                      register_states=mgpu.resolve_register_states(register_states),
                       merge_hw=(h, w) if merge or pixel else None, merge_by_xla=pixel,
                       source_col_major=tuple(s == 1 for s in layouts),
                       y_in_u_dtype=resolve_y_in_compute_dtype(y_in_compute_dtype, n, merge),
