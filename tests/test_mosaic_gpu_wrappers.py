@@ -188,6 +188,11 @@ def test_fast_plan_applies_only_where_the_gpu_checked_it():
     assert mgpu.resolve_plain_bwd_seq_tile(None, 1) == (16 if 1 in mgpu.FAST_PLAN_D_STATES else None)
     assert mgpu.resolve_plain_bwd_seq_tile(None, 16) is None and mgpu.resolve_plain_bwd_seq_tile(8, 1) == 8
     assert mgpu.plan_tiles(16, 1, seq_tile=32, bwd_seq_tile=32, min_tile=fused_min) == (32, 32, 64)  # asked for
+    # States in registers: the plain scan's default where the GPU tests ran it (d_state 1), never the fused core's.
+    if mgpu.REGISTER_STATES is None:
+        assert mgpu.resolve_register_states(None, 1) == (1 in mgpu.FAST_PLAN_D_STATES)
+        assert not mgpu.resolve_register_states(None, 16) and not mgpu.resolve_register_states(None, 1, fused=True)
+    assert mgpu.resolve_register_states(True, 16, fused=True) and not mgpu.resolve_register_states(False, 1)
     assert mgpu.resolve_approx_math(None, 1) == mgpu.APPROX_MATH
     assert not mgpu.resolve_approx_math(None, 16) and mgpu.resolve_approx_math(True, 16)
     assert mgpu.resolve_direct_store(None, None, 1) == mgpu.DIRECT_STORE

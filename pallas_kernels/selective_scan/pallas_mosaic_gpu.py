@@ -135,8 +135,13 @@ CACHE_STEPS = os.environ.get("VMAMBA_MGPU_CACHE_STEPS", "0") == "1"
 # forward+backward 3.36 -> 3.36 ms back-to-back (benchmarks/results/scan_bwd_unroll_h200.md; the forward kernel is
 # bound by its memory traffic, not by the index arithmetic this removes). VMAMBA_MGPU_STATIC_ORDERS=1 turns it on.
 STATIC_ORDERS = os.environ.get("VMAMBA_MGPU_STATIC_ORDERS", "0") == "1"
-# `_Plan.register_states`' default: off until timed on a GPU. VMAMBA_MGPU_REGISTER_STATES=1 turns it on.
-REGISTER_STATES = os.environ.get("VMAMBA_MGPU_REGISTER_STATES", "0") == "1"
+# `_Plan.register_states`' default. On for the plain scan on the fast plan's d_states since 2026-12-04: H200, stage 1
+# bf16, back-to-back forward+backward 3.33 -> 2.87 ms at its backward tile 16 (2.68 at tile 32, checked by the sweep
+# but not yet by the GPU tests), GPU kernel tests 12/12 (benchmarks/results/scan_register_states_h200.md). Off for the
+# fused core: 2.43 -> 5.32 ms there (its whole-unrolled tile of 32 steps carries R dW sums and two sources a step).
+# VMAMBA_MGPU_REGISTER_STATES=1 / 0 turns it on / off for both.
+REGISTER_STATES = ({"1": True, "0": False}[os.environ["VMAMBA_MGPU_REGISTER_STATES"]]
+                   if "VMAMBA_MGPU_REGISTER_STATES" in os.environ else None)
 
 
 def resolve_approx_math(approx_math: bool | None, d_state: int) -> bool:
@@ -1111,9 +1116,13 @@ def resolve_cache_steps(cache_steps: bool | None) -> bool:
     return bool(CACHE_STEPS if cache_steps is None else cache_steps)
 
 
-def resolve_register_states(register_states: bool | None) -> bool:
-    """None -> the module default (REGISTER_STATES)."""
-    return bool(REGISTER_STATES if register_states is None else register_states)
+def resolve_register_states(register_states: bool | None, d_state: int, fused: bool = False) -> bool:
+    """None -> the module default (REGISTER_STATES), else on for the plain scan on FAST_PLAN_D_STATES."""
+    if register_states is not None:
+        return bool(register_states)
+    if REGISTER_STATES is not None:
+        return REGISTER_STATES
+    return not fused and d_state in FAST_PLAN_D_STATES
 
 
 def resolve_static_orders(static_orders: bool | None) -> bool:
@@ -1152,7 +1161,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
                  bwd_unroll=resolve_bwd_unroll(bwd_unroll, unroll, d_state),
                  direct_store=direct_store, approx_math=resolve_approx_math(approx_math, d_state), splits=splits,
                  dbc_by_xla=resolve_dbc_by_xla(dbc_by_xla, direct_store), cache_steps=resolve_cache_steps(cache_steps),
-                 register_states=resolve_register_states(register_states), interpret=interpret)
+                 register_states=resolve_register_states(register_states, d_state), interpret=interpret)
     check_tma_tiles(plan, jnp.dtype(PROJ_DTYPE).itemsize)
 
     def seq(x):  # (batch, K*D, L) -> (batch*K, Lp, Dp), channel-minor, zero padded
