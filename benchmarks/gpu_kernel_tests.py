@@ -156,6 +156,7 @@ def main():
                mgpu_direct_store=mgpu.DIRECT_STORE, mgpu_approx_math=mgpu.APPROX_MATH,
                mgpu_fast_plan_d_states=list(mgpu.FAST_PLAN_D_STATES), mgpu_splits=mgpu.SPLITS, mgpu_unroll=mgpu.UNROLL,
                mgpu_bwd_unroll=mgpu.BWD_UNROLL, mgpu_plain_bwd_seq_tile=mgpu.PLAIN_BWD_SEQ_TILE,
+               mgpu_plain_bwd_seq_tile_register_states=mgpu.PLAIN_BWD_SEQ_TILE_REGISTER_STATES,
                mgpu_dbc_by_xla=mgpu.DBC_BY_XLA, mgpu_cache_steps=mgpu.CACHE_STEPS,
                mgpu_static_orders=mgpu.STATIC_ORDERS, mgpu_register_states=mgpu.REGISTER_STATES,
                mgpu_delta_in_kernel_max_rank=fused.DELTA_IN_KERNEL_MAX_RANK, mgpu_merge_in_kernel=fused.MERGE_IN_KERNEL,

@@ -187,11 +187,23 @@ def test_fast_plan_applies_only_where_the_gpu_checked_it():
     # The plain scan's own backward tile: 16 where the GPU tests ran it (d_state 1), plan_tiles' default elsewhere.
     assert mgpu.resolve_plain_bwd_seq_tile(None, 1) == (16 if 1 in mgpu.FAST_PLAN_D_STATES else None)
     assert mgpu.resolve_plain_bwd_seq_tile(None, 16) is None and mgpu.resolve_plain_bwd_seq_tile(8, 1) == 8
+    # States in registers free the states tile's SMEM: the longer backward tile fits two blocks to an SM again.
+    assert mgpu.resolve_plain_bwd_seq_tile(None, 1, register_states=True) == (
+        mgpu.PLAIN_BWD_SEQ_TILE_REGISTER_STATES if 1 in mgpu.FAST_PLAN_D_STATES else None)
+    assert mgpu.resolve_plain_bwd_seq_tile(8, 1, register_states=True) == 8
     assert mgpu.plan_tiles(16, 1, seq_tile=32, bwd_seq_tile=32, min_tile=fused_min) == (32, 32, 64)  # asked for
-    # States in registers: the plain scan's default where the GPU tests ran it (d_state 1), never the fused core's.
+    # A cap on the default backward tile (the fused core's with register_states) keeps the short-sequence shrink.
+    assert mgpu.plan_tiles(3136, 1, max_bwd_tile=16) == (64, 16, 3136)
+    assert mgpu.plan_tiles(16, 1, min_tile=fused_min, max_bwd_tile=16) == (8, 8, 16)
+    assert mgpu.plan_tiles(3136, 1, bwd_seq_tile=32, max_bwd_tile=16) == (64, 32, 3136)
+    # States in registers: the plain scan's default where the GPU tests ran it (d_state 1); the fused core's from
+    # stage 1's length up, where it was timed faster.
     if mgpu.REGISTER_STATES is None:
         assert mgpu.resolve_register_states(None, 1) == (1 in mgpu.FAST_PLAN_D_STATES)
         assert not mgpu.resolve_register_states(None, 16) and not mgpu.resolve_register_states(None, 1, fused=True)
+        assert mgpu.resolve_register_states(None, 1, fused=True, length=3136) == (1 in mgpu.FAST_PLAN_D_STATES)
+        assert not mgpu.resolve_register_states(None, 1, fused=True, length=784)
+        assert not mgpu.resolve_register_states(None, 16, fused=True, length=3136)
     assert mgpu.resolve_register_states(True, 16, fused=True) and not mgpu.resolve_register_states(False, 1)
     assert mgpu.resolve_approx_math(None, 1) == mgpu.APPROX_MATH
     assert not mgpu.resolve_approx_math(None, 16) and mgpu.resolve_approx_math(True, 16)

@@ -61,6 +61,16 @@ BWD_SEQ_TILE = {1: 32, 16: 4}
 # 16 it takes ~75 KB and three fit. H200, stage 1 bf16, back-to-back forward+backward 3.84 -> 3.32 ms (the fused
 # core, which reads no delta, is slower at 16: 2.44 -> 2.72 ms; benchmarks/results/scan_dy_bf16_h200.md).
 PLAIN_BWD_SEQ_TILE = 16
+# With the recomputed states in registers (`register_states`) the states tile leaves SMEM and a tile-32 block fits
+# two to an SM again: H200, stage 1 bf16, back-to-back forward+backward 2.87 (tile 16) -> 2.68 ms (tile 32;
+# benchmarks/results/scan_register_states_h200.md).
+PLAIN_BWD_SEQ_TILE_REGISTER_STATES = 32
+# The fused core's backward tile with `register_states`: at most 16. Its tile is unrolled whole, and at 32 steps (R dW
+# sums, two sources a step) the states of the tile pushed it past the register file: H200, stage 1 bf16, back-to-back
+# forward+backward 2.42 (states in SMEM, tile 32) -> 5.32 (registers, tile 32) -> 2.21 ms (registers, tile 16;
+# benchmarks/results/scan_register_states_h200.md).
+FUSED_MAX_BWD_SEQ_TILE_REGISTER_STATES = 16
+FUSED_REGISTER_STATES_MIN_LENGTH = 3136  # VMamba's stage 1 at 224 (56 x 56); see REGISTER_STATES
 # The time loop's unroll factor: the state update is the only loop-carried dependency, so unrolled steps overlap their
 # loads, softplus and exp (one warpgroup per block leaves the SM little else to hide latency with). 2 on the fast plan's
 # d_states since 2026-12-02 (benchmarks/results/scan_sweep_h200_exp2.md: fused core at stage 1 forward+backward 3.58 ->
@@ -135,11 +145,11 @@ CACHE_STEPS = os.environ.get("VMAMBA_MGPU_CACHE_STEPS", "0") == "1"
 # forward+backward 3.36 -> 3.36 ms back-to-back (benchmarks/results/scan_bwd_unroll_h200.md; the forward kernel is
 # bound by its memory traffic, not by the index arithmetic this removes). VMAMBA_MGPU_STATIC_ORDERS=1 turns it on.
 STATIC_ORDERS = os.environ.get("VMAMBA_MGPU_STATIC_ORDERS", "0") == "1"
-# `_Plan.register_states`' default. On for the plain scan on the fast plan's d_states since 2026-12-04: H200, stage 1
-# bf16, back-to-back forward+backward 3.33 -> 2.87 ms at its backward tile 16 (2.68 at tile 32, checked by the sweep
-# but not yet by the GPU tests), GPU kernel tests 12/12 (benchmarks/results/scan_register_states_h200.md). Off for the
-# fused core: 2.43 -> 5.32 ms there (its whole-unrolled tile of 32 steps carries R dW sums and two sources a step).
-# VMAMBA_MGPU_REGISTER_STATES=1 / 0 turns it on / off for both.
+# `_Plan.register_states`' default, on the fast plan's d_states (benchmarks/results/scan_register_states_h200.md; H200,
+# bf16, back-to-back forward+backward). The plain scan: on since 2026-12-04, at backward tile 32: stage 1 3.33 ->
+# 2.67 ms, GPU kernel tests 12/12. The fused core (backward tile capped at 16): on from stage 1's length up, where it
+# pays (stage 1 2.43 -> 2.22 ms), off below: stage 2 1.48 -> 1.92 ms (stages 3 and 4 within 4%), GPU kernel tests
+# 12/12 with it on at every length. VMAMBA_MGPU_REGISTER_STATES=1 / 0 turns it on / off for both, at every length.
 REGISTER_STATES = ({"1": True, "0": False}[os.environ["VMAMBA_MGPU_REGISTER_STATES"]]
                    if "VMAMBA_MGPU_REGISTER_STATES" in os.environ else None)
 
@@ -1075,8 +1085,10 @@ def resolve_direct_store(direct_store: bool | None, interpret, d_state: int) -> 
 
 
 def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_tile: int | None = None,
-               min_tile: int | None = None, splits: int = 1):
+               min_tile: int | None = None, splits: int = 1, max_bwd_tile: int | None = None):
     """(tl_fwd, tl_bwd, padded length): a whole number of both tiles in each of `splits` equal splits.
+
+    `max_bwd_tile` caps the default backward tile (an explicit `bwd_seq_tile` is taken as asked).
 
     With a `min_tile` (the fused core's), a sequence shorter than two default tiles gets the power-of-two tiles
     (>= min_tile) of which two cover it: the walk is serial, so each padded step costs as much as a real one. With the
@@ -1089,6 +1101,8 @@ def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_t
     if min_tile is not None:
         two = max(min_tile, 1 << (max(1, math.ceil(length / 2)) - 1).bit_length())  # the power of two >= L / 2
         tl_f, tl_b = min(tl_f, two), min(tl_b, two)
+    if max_bwd_tile is not None:
+        tl_b = min(tl_b, max_bwd_tile)
     tl_f, tl_b = seq_tile or tl_f, bwd_seq_tile or tl_b
     step = math.lcm(tl_f, tl_b)
     # At least two sequence tiles: with a one-step grid `emit_pipeline` treats every block as index-invariant and
@@ -1098,11 +1112,11 @@ def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_t
     return tl_f, tl_b, step * splits * max(2, math.ceil(length / (step * splits)))
 
 
-def resolve_plain_bwd_seq_tile(bwd_seq_tile: int | None, d_state: int) -> int | None:
-    """The plain scan's backward tile: None -> PLAIN_BWD_SEQ_TILE on the fast plan's d_states, else None (plan_tiles'
-    default)."""
+def resolve_plain_bwd_seq_tile(bwd_seq_tile: int | None, d_state: int, register_states: bool = False) -> int | None:
+    """The plain scan's backward tile: None -> on the fast plan's d_states PLAIN_BWD_SEQ_TILE (its states tile in
+    SMEM) or PLAIN_BWD_SEQ_TILE_REGISTER_STATES (in registers), else None (plan_tiles' default)."""
     if bwd_seq_tile is None and d_state in FAST_PLAN_D_STATES:
-        return PLAIN_BWD_SEQ_TILE
+        return PLAIN_BWD_SEQ_TILE_REGISTER_STATES if register_states else PLAIN_BWD_SEQ_TILE
     return bwd_seq_tile
 
 
@@ -1116,13 +1130,17 @@ def resolve_cache_steps(cache_steps: bool | None) -> bool:
     return bool(CACHE_STEPS if cache_steps is None else cache_steps)
 
 
-def resolve_register_states(register_states: bool | None, d_state: int, fused: bool = False) -> bool:
-    """None -> the module default (REGISTER_STATES), else on for the plain scan on FAST_PLAN_D_STATES."""
+def resolve_register_states(register_states: bool | None, d_state: int, fused: bool = False,
+                            length: int | None = None) -> bool:
+    """None -> the module default (REGISTER_STATES), else on FAST_PLAN_D_STATES: on for the plain scan, and for the
+    fused core at `length` >= FUSED_REGISTER_STATES_MIN_LENGTH."""
     if register_states is not None:
         return bool(register_states)
     if REGISTER_STATES is not None:
         return REGISTER_STATES
-    return not fused and d_state in FAST_PLAN_D_STATES
+    if d_state not in FAST_PLAN_D_STATES:
+        return False
+    return not fused or (length is not None and length >= FUSED_REGISTER_STATES_MIN_LENGTH)
 
 
 def resolve_static_orders(static_orders: bool | None) -> bool:
@@ -1151,7 +1169,8 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     batch, channels, length, groups, d_state = check_inputs(u, delta, A, B, C, D, delta_bias)
     per_group = channels // groups
     splits = resolve_splits(splits)
-    bwd_seq_tile = resolve_plain_bwd_seq_tile(bwd_seq_tile, d_state)
+    register_states = resolve_register_states(register_states, d_state)
+    bwd_seq_tile = resolve_plain_bwd_seq_tile(bwd_seq_tile, d_state, register_states)
     tl_f, tl_b, lp = plan_tiles(length, d_state, seq_tile, bwd_seq_tile, splits=splits)  # default tiles: plan_tiles
     dp = LANES * math.ceil(per_group / LANES)
     direct_store = resolve_direct_store(direct_store, interpret, d_state)
@@ -1161,7 +1180,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
                  bwd_unroll=resolve_bwd_unroll(bwd_unroll, unroll, d_state),
                  direct_store=direct_store, approx_math=resolve_approx_math(approx_math, d_state), splits=splits,
                  dbc_by_xla=resolve_dbc_by_xla(dbc_by_xla, direct_store), cache_steps=resolve_cache_steps(cache_steps),
-                 register_states=resolve_register_states(register_states, d_state), interpret=interpret)
+                 register_states=register_states, interpret=interpret)
     check_tma_tiles(plan, jnp.dtype(PROJ_DTYPE).itemsize)
 
     def seq(x):  # (batch, K*D, L) -> (batch*K, Lp, Dp), channel-minor, zero padded

@@ -124,7 +124,10 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     kr = r if in_kernel else 0                                          # the kernel's rank (0: delta is an input)
     short = mgpu.min_seq_tile(kr, n, jnp.dtype(mgpu.PROJ_DTYPE).itemsize) if n in mgpu.FAST_PLAN_D_STATES else None  # short-L tiles
     splits = mgpu.resolve_splits(splits)
-    tl_f, tl_b, lp = mgpu.plan_tiles(L, n, seq_tile, bwd_seq_tile, min_tile=short, splits=splits)
+    register_states = mgpu.resolve_register_states(register_states, n, fused=True, length=L)
+    tl_f, tl_b, lp = mgpu.plan_tiles(L, n, seq_tile, bwd_seq_tile, min_tile=short, splits=splits,
+                                     max_bwd_tile=mgpu.FUSED_MAX_BWD_SEQ_TILE_REGISTER_STATES
+                                     if register_states and n in mgpu.FAST_PLAN_D_STATES else None)
     dp = mgpu.LANES * -(-d // mgpu.LANES)
     direct_store = mgpu.resolve_direct_store(direct_store, interpret, n)
     merge = resolve_merge_in_kernel(merge_in_kernel, direct_store, splits)
@@ -137,7 +140,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
                       dbc_by_xla=mgpu.resolve_dbc_by_xla(dbc_by_xla, direct_store),
                       cache_steps=mgpu.resolve_cache_steps(cache_steps),
                       static_orders=mgpu.resolve_static_orders(static_orders),
-                      register_states=mgpu.resolve_register_states(register_states, n, fused=True),
+                      register_states=register_states,
                       merge_hw=(h, w) if merge or pixel else None, merge_by_xla=pixel,
                       source_col_major=tuple(s == 1 for s in layouts),
                       y_in_u_dtype=resolve_y_in_compute_dtype(y_in_compute_dtype, n, merge),
