@@ -196,6 +196,8 @@ def test_fast_plan_applies_only_where_the_gpu_checked_it():
     assert mgpu.plan_tiles(3136, 1, max_bwd_tile=16) == (64, 16, 3136)
     assert mgpu.plan_tiles(16, 1, min_tile=fused_min, max_bwd_tile=16) == (8, 8, 16)
     assert mgpu.plan_tiles(3136, 1, bwd_seq_tile=32, max_bwd_tile=16) == (64, 32, 3136)
+    assert mgpu.resolve_fused_max_bwd_tile(True, 1) == (16 if 1 in mgpu.FAST_PLAN_D_STATES else None)
+    assert mgpu.resolve_fused_max_bwd_tile(False, 1) is None and mgpu.resolve_fused_max_bwd_tile(True, 16) is None
     # States in registers: the plain scan's default where the GPU tests ran it (d_state 1); the fused core's from
     # stage 1's length up, where it was timed faster.
     if mgpu.REGISTER_STATES is None:

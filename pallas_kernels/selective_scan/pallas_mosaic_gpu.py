@@ -1120,6 +1120,12 @@ def resolve_plain_bwd_seq_tile(bwd_seq_tile: int | None, d_state: int, register_
     return bwd_seq_tile
 
 
+def resolve_fused_max_bwd_tile(register_states: bool, d_state: int) -> int | None:
+    """The fused core's cap on its default backward tile (`plan_tiles(max_bwd_tile=)`): with states in registers
+    on the fast plan's d_states FUSED_MAX_BWD_SEQ_TILE_REGISTER_STATES, else None (no cap)."""
+    return FUSED_MAX_BWD_SEQ_TILE_REGISTER_STATES if register_states and d_state in FAST_PLAN_D_STATES else None
+
+
 def resolve_dbc_by_xla(dbc_by_xla: bool | None, direct_store: bool) -> bool:
     """None -> the module default (DBC_BY_XLA) where the plan stores straight to GMEM, else off."""
     return bool(DBC_BY_XLA and direct_store if dbc_by_xla is None else dbc_by_xla)

@@ -126,8 +126,7 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     splits = mgpu.resolve_splits(splits)
     register_states = mgpu.resolve_register_states(register_states, n, fused=True, length=L)
     tl_f, tl_b, lp = mgpu.plan_tiles(L, n, seq_tile, bwd_seq_tile, min_tile=short, splits=splits,
-                                     max_bwd_tile=mgpu.FUSED_MAX_BWD_SEQ_TILE_REGISTER_STATES
-                                     if register_states and n in mgpu.FAST_PLAN_D_STATES else None)
+                                     max_bwd_tile=mgpu.resolve_fused_max_bwd_tile(register_states, n))
     dp = mgpu.LANES * -(-d // mgpu.LANES)
     direct_store = mgpu.resolve_direct_store(direct_store, interpret, n)
     merge = resolve_merge_in_kernel(merge_in_kernel, direct_store, splits)
