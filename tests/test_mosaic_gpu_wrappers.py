@@ -198,14 +198,19 @@ def test_fast_plan_applies_only_where_the_gpu_checked_it():
     assert mgpu.plan_tiles(3136, 1, bwd_seq_tile=32, max_bwd_tile=16) == (64, 32, 3136)
     assert mgpu.resolve_fused_max_bwd_tile(True, 1) == (16 if 1 in mgpu.FAST_PLAN_D_STATES else None)
     assert mgpu.resolve_fused_max_bwd_tile(False, 1) is None and mgpu.resolve_fused_max_bwd_tile(True, 16) is None
-    # States in registers: the plain scan's default where the GPU tests ran it (d_state 1); the fused core's from
-    # stage 1's length up, where it was timed faster.
+    # States in registers: the plain scan's default where the GPU tests ran it (d_state 1 and 16); the fused core's
+    # from stage 1's length up, where it was timed faster.
     if mgpu.REGISTER_STATES is None:
-        assert mgpu.resolve_register_states(None, 1) == (1 in mgpu.FAST_PLAN_D_STATES)
-        assert not mgpu.resolve_register_states(None, 16) and not mgpu.resolve_register_states(None, 1, fused=True)
-        assert mgpu.resolve_register_states(None, 1, fused=True, length=3136) == (1 in mgpu.FAST_PLAN_D_STATES)
+        assert mgpu.REGISTER_STATES_D_STATES == (1, 16)
+        assert mgpu.resolve_register_states(None, 1) and mgpu.resolve_register_states(None, 16)
+        assert not mgpu.resolve_register_states(None, 8) and not mgpu.resolve_register_states(None, 1, fused=True)
+        assert mgpu.resolve_register_states(None, 1, fused=True, length=3136)
+        assert mgpu.resolve_register_states(None, 16, fused=True, length=3136)
         assert not mgpu.resolve_register_states(None, 1, fused=True, length=784)
-        assert not mgpu.resolve_register_states(None, 16, fused=True, length=3136)
+        assert not mgpu.resolve_register_states(None, 16, fused=True, length=784)
+        # d_state 16 keeps its SMEM-bound backward tile: the plain scan's default comes from plan_tiles.
+        if 16 not in mgpu.FAST_PLAN_D_STATES:
+            assert mgpu.resolve_plain_bwd_seq_tile(None, 16, register_states=True) is None
     assert mgpu.resolve_register_states(True, 16, fused=True) and not mgpu.resolve_register_states(False, 1)
     assert mgpu.resolve_approx_math(None, 1) == mgpu.APPROX_MATH
     assert not mgpu.resolve_approx_math(None, 16) and mgpu.resolve_approx_math(True, 16)

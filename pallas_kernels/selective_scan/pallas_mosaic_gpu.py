@@ -145,13 +145,19 @@ CACHE_STEPS = os.environ.get("VMAMBA_MGPU_CACHE_STEPS", "0") == "1"
 # forward+backward 3.36 -> 3.36 ms back-to-back (benchmarks/results/scan_bwd_unroll_h200.md; the forward kernel is
 # bound by its memory traffic, not by the index arithmetic this removes). VMAMBA_MGPU_STATIC_ORDERS=1 turns it on.
 STATIC_ORDERS = os.environ.get("VMAMBA_MGPU_STATIC_ORDERS", "0") == "1"
-# `_Plan.register_states`' default, on the fast plan's d_states (benchmarks/results/scan_register_states_h200.md; H200,
-# bf16, back-to-back forward+backward). The plain scan: on since 2026-12-04, at backward tile 32: stage 1 3.33 ->
+# `_Plan.register_states`' default, on REGISTER_STATES_D_STATES (benchmarks/results/scan_register_states_h200.md; H200,
+# bf16, back-to-back forward+backward; d_state 1 here). The plain scan: on since 2026-12-04, at backward tile 32: stage 1 3.33 ->
 # 2.67 ms, GPU kernel tests 12/12. The fused core (backward tile capped at 16): on from stage 1's length up, where it
 # pays (stage 1 2.43 -> 2.22 ms), off below: stage 2 1.48 -> 1.92 ms (stages 3 and 4 within 4%), GPU kernel tests
 # 12/12 with it on at every length. VMAMBA_MGPU_REGISTER_STATES=1 / 0 turns it on / off for both, at every length.
 REGISTER_STATES = ({"1": True, "0": False}[os.environ["VMAMBA_MGPU_REGISTER_STATES"]]
                    if "VMAMBA_MGPU_REGISTER_STATES" in os.environ else None)
+# The d_states `register_states` defaults on for (same rules: the plain scan at every length, the fused core from
+# FUSED_REGISTER_STATES_MIN_LENGTH). d_state 16 since 2026-12-04, at its default backward tile of 4 (H200, stage 1
+# bf16, back-to-back forward+backward: plain 19.09 -> 10.08 ms, fused core 17.88 -> 11.90 ms; tile 8 was 2.5x / 3.2x
+# slower, tile 16 exceeds SMEM), GPU kernel tests 12/12 for each with it on at every length
+# (benchmarks/results/gpu_kernel_tests_h200_register_states_d16.md).
+REGISTER_STATES_D_STATES = (1, 16)
 
 
 def resolve_approx_math(approx_math: bool | None, d_state: int) -> bool:
@@ -1138,13 +1144,13 @@ def resolve_cache_steps(cache_steps: bool | None) -> bool:
 
 def resolve_register_states(register_states: bool | None, d_state: int, fused: bool = False,
                             length: int | None = None) -> bool:
-    """None -> the module default (REGISTER_STATES), else on FAST_PLAN_D_STATES: on for the plain scan, and for the
-    fused core at `length` >= FUSED_REGISTER_STATES_MIN_LENGTH."""
+    """None -> the module default (REGISTER_STATES), else on REGISTER_STATES_D_STATES: on for the plain scan, and for
+    the fused core at `length` >= FUSED_REGISTER_STATES_MIN_LENGTH."""
     if register_states is not None:
         return bool(register_states)
     if REGISTER_STATES is not None:
         return REGISTER_STATES
-    if d_state not in FAST_PLAN_D_STATES:
+    if d_state not in REGISTER_STATES_D_STATES:
         return False
     return not fused or (length is not None and length >= FUSED_REGISTER_STATES_MIN_LENGTH)
 
