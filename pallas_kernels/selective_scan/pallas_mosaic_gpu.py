@@ -145,11 +145,12 @@ CACHE_STEPS = os.environ.get("VMAMBA_MGPU_CACHE_STEPS", "0") == "1"
 # forward+backward 3.36 -> 3.36 ms back-to-back (benchmarks/results/scan_bwd_unroll_h200.md; the forward kernel is
 # bound by its memory traffic, not by the index arithmetic this removes). VMAMBA_MGPU_STATIC_ORDERS=1 turns it on.
 STATIC_ORDERS = os.environ.get("VMAMBA_MGPU_STATIC_ORDERS", "0") == "1"
-# `_Plan.register_states`' default, on REGISTER_STATES_D_STATES (benchmarks/results/scan_register_states_h200.md; H200,
-# bf16, back-to-back forward+backward; d_state 1 here). The plain scan: on since 2026-12-04, at backward tile 32: stage 1 3.33 ->
-# 2.67 ms, GPU kernel tests 12/12. The fused core (backward tile capped at 16): on from stage 1's length up, where it
-# pays (stage 1 2.43 -> 2.22 ms), off below: stage 2 1.48 -> 1.92 ms (stages 3 and 4 within 4%), GPU kernel tests
-# 12/12 with it on at every length. VMAMBA_MGPU_REGISTER_STATES=1 / 0 turns it on / off for both, at every length.
+# `_Plan.register_states`' default, on REGISTER_STATES_D_STATES (benchmarks/results/scan_register_states_h200.md;
+# H200, bf16, back-to-back forward+backward; d_state 1 here). The plain scan: on since 2026-12-04, at backward tile
+# 32: stage 1 3.33 -> 2.67 ms, GPU kernel tests 12/12. The fused core (backward tile capped at 16): on from stage
+# 1's length up, where it pays (stage 1 2.43 -> 2.22 ms), off below: stage 2 1.48 -> 1.92 ms (stages 3 and 4 within
+# 4%), GPU kernel tests 12/12 with it on at every length. VMAMBA_MGPU_REGISTER_STATES=1 / 0 turns it on / off for
+# both, at every length.
 REGISTER_STATES = ({"1": True, "0": False}[os.environ["VMAMBA_MGPU_REGISTER_STATES"]]
                    if "VMAMBA_MGPU_REGISTER_STATES" in os.environ else None)
 # The d_states `register_states` defaults on for (same rules: the plain scan at every length, the fused core from
