@@ -159,6 +159,7 @@ def main():
                mgpu_plain_bwd_seq_tile_register_states=mgpu.PLAIN_BWD_SEQ_TILE_REGISTER_STATES,
                mgpu_dbc_by_xla=mgpu.DBC_BY_XLA, mgpu_cache_steps=mgpu.CACHE_STEPS,
                mgpu_static_orders=mgpu.STATIC_ORDERS, mgpu_register_states=mgpu.REGISTER_STATES,
+               mgpu_register_states_d_states=list(mgpu.REGISTER_STATES_D_STATES),
                mgpu_delta_in_kernel_max_rank=fused.DELTA_IN_KERNEL_MAX_RANK, mgpu_merge_in_kernel=fused.MERGE_IN_KERNEL,
                mgpu_pixel_outputs=fused.PIXEL_OUTPUTS,
                mgpu_y_in_compute_dtype_d_states=list(fused.Y_IN_COMPUTE_DTYPE_D_STATES))
