@@ -1114,7 +1114,7 @@ def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_t
     step = math.lcm(tl_f, tl_b)
     # At least two sequence tiles: with a one-step grid `emit_pipeline` treats every block as index-invariant and
     # takes another copy path, which crashed (CUDA illegal address) for a 128-channel tile at a nonzero offset
-    # (L=37, C=192 in benchmarks/results/gpu_kernel_tests_h100.md). Padded steps are neutral, so this costs only time.
+    # (L=37, C=192 in benchmarks/results/gpu_kernel_tests_h100_20261123.md). Padded steps are neutral, so this costs only time.
     # The same holds per split: each split is its own pipeline.
     return tl_f, tl_b, step * splits * max(2, math.ceil(length / (step * splits)))
 
