@@ -138,7 +138,8 @@ SPLITS = int(os.environ.get("VMAMBA_MGPU_SPLITS", "1"))
 DBC_BY_XLA = os.environ.get("VMAMBA_MGPU_DBC_BY_XLA", "0") == "1"
 # `_Plan.cache_steps`' default: off. Right on the H200 (GPU kernel tests 24/24 at d_state 1) but no faster: the plain
 # scan's stage-1 forward+backward 3.93 -> 3.91 ms, the fused core's 3.33 -> 4.19 ms (48 KB more SMEM at its backward
-# tile of 32: fewer resident blocks); benchmarks/results/scan_cache_steps_h200.md. VMAMBA_MGPU_CACHE_STEPS=1 turns it on.
+# tile of 32: fewer resident blocks); benchmarks/results/scan_cache_steps_h200.md. VMAMBA_MGPU_CACHE_STEPS=1 turns it
+# on.
 CACHE_STEPS = os.environ.get("VMAMBA_MGPU_CACHE_STEPS", "0") == "1"
 # `_Plan.static_orders`' default (the fused core's four orders, each block compiled for its own): off. Right on the
 # H200 (GPU kernel tests 10/10 of the d_state 1 cases that ran) but no faster at stage 1: forward 0.79 -> 0.81 ms,
@@ -483,7 +484,8 @@ def check_tma_tiles(plan: _Plan, itemsize: int) -> None:
     need = min_seq_tile(plan.rank, plan.d_state, itemsize)
     if plan.interpret is None and min(plan.tl_fwd, plan.tl_bwd) < need:
         raise ValueError(f"sequence tiles ({plan.tl_fwd}, {plan.tl_bwd}) are too short for the projection tile's TMA "
-                         f"copy at {itemsize}-byte elements (needs 128 bytes): pass seq_tile and bwd_seq_tile >= {need}")
+                         f"copy at {itemsize}-byte elements (needs 128 bytes): pass seq_tile and bwd_seq_tile >= "
+                         f"{need}")
 
 
 def _end_direct_tile(plan) -> None:
@@ -678,8 +680,9 @@ def _split_summaries(plan, x, dl, proj_arr, prm, *, adjoint):
 
     Forward (x = u (batch*S, Lp, Dp), by source row): splits 0..P-2 in walk order, h_t = exp(dt A) h + dt u B.
     Adjoint (x = dy (batch*S, Lp, Dp), by source row: its orders share it, `_sum_orders`): splits 1..P-1 walked
-    backwards, the backward kernel's carry dh <- (dh + dy C) exp(dt A). Returns (G, P-1, 1+N, Dp) f32, rows [sum of dt, state_0 .. state_{N-1}]; a split's
-    decay of the state it is entered with is exp(A * sum dt) (the product of its steps' exp(dt A))."""
+    backwards, the backward kernel's carry dh <- (dh + dy C) exp(dt A). Returns (G, P-1, 1+N, Dp) f32, rows [sum of
+    dt, state_0 .. state_{N-1}]; a split's decay of the state it is entered with is exp(A * sum dt) (the product of its
+    steps' exp(dt A))."""
     n, tl, P = plan.d_state, plan.tl_fwd, plan.splits
     G, lp, dp, n_seq, n_ch, n_loc, proj, proj_arr = _tiling(plan, x, proj_arr, tl)
     has_dl = plan.rank == 0
@@ -1114,7 +1117,8 @@ def plan_tiles(length: int, d_state: int, seq_tile: int | None = None, bwd_seq_t
     step = math.lcm(tl_f, tl_b)
     # At least two sequence tiles: with a one-step grid `emit_pipeline` treats every block as index-invariant and
     # takes another copy path, which crashed (CUDA illegal address) for a 128-channel tile at a nonzero offset
-    # (L=37, C=192 in benchmarks/results/gpu_kernel_tests_h100_20261123.md). Padded steps are neutral, so this costs only time.
+    # (L=37, C=192 in benchmarks/results/gpu_kernel_tests_h100_20261123.md). Padded steps are neutral, so this costs
+    # only time.
     # The same holds per split: each split is its own pipeline.
     return tl_f, tl_b, step * splits * max(2, math.ceil(length / (step * splits)))
 

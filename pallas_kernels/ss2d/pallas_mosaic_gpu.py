@@ -122,7 +122,8 @@ def ss2d_core(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, *,
     plan_src = tuple(layouts.index(k % 2) for k in directions)
     in_kernel = resolve_delta_in_kernel(delta_in_kernel, r)
     kr = r if in_kernel else 0                                          # the kernel's rank (0: delta is an input)
-    short = mgpu.min_seq_tile(kr, n, jnp.dtype(mgpu.PROJ_DTYPE).itemsize) if n in mgpu.FAST_PLAN_D_STATES else None  # short-L tiles
+    short = (mgpu.min_seq_tile(kr, n, jnp.dtype(mgpu.PROJ_DTYPE).itemsize)  # short-L tiles, on the fast plan only
+             if n in mgpu.FAST_PLAN_D_STATES else None)
     splits = mgpu.resolve_splits(splits)
     register_states = mgpu.resolve_register_states(register_states, n, fused=True, length=L)
     tl_f, tl_b, lp = mgpu.plan_tiles(L, n, seq_tile, bwd_seq_tile, min_tile=short, splits=splits,
