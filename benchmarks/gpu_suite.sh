@@ -6,6 +6,7 @@
 #   KERNEL_IMPLS=fused_mosaic_gpu D_STATES=16 KERNEL_S=240 bash benchmarks/gpu_suite.sh kernels   # a subset of tests
 #   KERNEL_START=3 ...                                    # go on from case 3 (0-2 passed before a slot ended)
 #   KERNEL_CASES=2,3,5 ...                                # only these cases (the [index] its log prints)
+#   PARITY_K=fused_mosaic_gpu bash benchmarks/gpu_suite.sh parity   # the model parity tests of one implementation
 #   VMAMBA_MGPU_DIRECT_STORE=0 bash benchmarks/gpu_suite.sh kernels   # outputs through SMEM tiles instead of the default direct_store path
 #   VMAMBA_MGPU_APPROX_MATH=0 bash benchmarks/gpu_suite.sh kernels    # libdevice's exact exp / log instead of the default
 #   VMAMBA_MGPU_FAST_PLAN_D_STATES=1,16 KERNEL_IMPLS=fused_mosaic_gpu D_STATES=16 bash benchmarks/gpu_suite.sh kernels  # d16 fast plan
@@ -85,9 +86,11 @@ for s in "$@"; do
                 --sweep-d-state "${SWEEP_N:-1}" --out "$RES/scan_sweep.json" ;;
     breakdown) stage breakdown "${BREAKDOWN_S:-300}" python3 benchmarks/train_step_breakdown.py ${SCAN_IMPL:+--impl "$SCAN_IMPL"} \
                 --variants "${BREAKDOWN:-model,shift_conv}" --out "$RES/train_step_breakdown.json" ;;
-    parity)   # PARITY_S: 300 s ran the 22 model parity tests but cut the converter test (2026-12-03, H200)
-              stage parity "${PARITY_S:-420}" python3 -m pytest -q -p no:cacheprovider tests/test_vmamba_parity.py \
-                tests/test_convert_torch.py ;;
+    parity)   # PARITY_S: 300 s ran the 22 model parity tests but cut the converter test (2026-12-03, H200); on the
+              # H100 340 s ran 9 (2026-12-06). PARITY_K: a pytest -k expression, to split the tests over calls
+              # (PARITY_K=fused_mosaic_gpu: the `auto` core's 6 tests, 86 s on the H100)
+              stage parity "${PARITY_S:-420}" python3 -m pytest -q -rA -p no:cacheprovider tests/test_vmamba_parity.py \
+                tests/test_convert_torch.py ${PARITY_K:+-k "$PARITY_K"} ;;
     train_*)  # VMamba-T's train step compiles in ~120 s on the H200 (2026-12-01); S and B are deeper.
               # train_T+S+B: one invocation, the three models compiled in parallel, then timed in turns (run_in_turns).
               stage "$s" $((${TRAIN_S:-400} + 20)) python3 benchmarks/train_throughput.py --models "$(echo "${s#train_}" | tr + ,)" \
